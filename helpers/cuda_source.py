@@ -1,0 +1,274 @@
+"""Reading `.cu` files: where they are, which kernels they declare, and with which C signatures.
+
+Both backends use this: the launch of a kernel is validated against the parameter list parsed
+here, before CuPy or the CPU backend sees it.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CUDA_DIR = REPO_ROOT / "cuda"
+
+
+def resolve(path_or_name) -> Path:
+    """A path as given, or a bare file name inside `cuda/` (".cu" may be left out)."""
+    p = Path(path_or_name)
+    candidates = [p] if (p.is_absolute() or len(p.parts) > 1) else [CUDA_DIR / p, p]
+    for c in list(candidates):
+        if c.suffix == "":
+            candidates.append(c.with_suffix(".cu"))
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise FileNotFoundError(
+        f"no kernel file {str(path_or_name)!r}: looked for {', '.join(str(c) for c in candidates)}. "
+        f"Give a path, or the name of a file in {CUDA_DIR}."
+    )
+
+
+def strip_comments(src: str) -> str:
+    """Comments replaced by spaces, newlines kept (so line numbers stay right); strings kept."""
+    out, i, n = [], 0, len(src)
+    while i < n:
+        c = src[i]
+        if src.startswith("//", i):
+            j = src.find("\n", i)
+            j = n if j < 0 else j
+            out.append(" " * (j - i))
+            i = j
+        elif src.startswith("/*", i):
+            j = src.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append("".join(ch if ch == "\n" else " " for ch in src[i:j]))
+            i = j
+        elif c in "\"'":
+            j = i + 1
+            while j < n and src[j] != c:
+                j += 2 if src[j] == "\\" else 1
+            out.append(src[i : j + 1])
+            i = j + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
+
+
+def local_includes(path: Path, seen=None) -> list[Path]:
+    """Files pulled in with #include "..." (relative to the file, then cuda/), recursively."""
+    seen = [] if seen is None else seen
+    for name in _INCLUDE.findall(strip_comments(path.read_text())):
+        for base in (path.parent, CUDA_DIR):
+            f = (base / name).resolve()
+            if f.is_file():
+                if f not in seen:
+                    seen.append(f)
+                    local_includes(f, seen)
+                break
+    return seen
+
+
+def source_digest(path: Path, extra: str = "") -> str:
+    """Hash of a file, the files it includes and `extra`: editing any of them changes it."""
+    h = hashlib.sha256(extra.encode())
+    for f in [path, *local_includes(path)]:
+        h.update(str(f).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:24]
+
+
+_SYNC = re.compile(r"\b(__syncthreads\w*|__syncwarp|__shfl\w*_sync|__ballot_sync|__any_sync|__all_sync|__activemask)\b")
+
+
+def uses_block_collectives(path: Path) -> bool:
+    """True if the kernels may wait for each other (barriers, warp collectives): they need fibers."""
+    return any(_SYNC.search(strip_comments(f.read_text())) for f in [path, *local_includes(path)])
+
+
+def declared_name_expressions(path: Path) -> list[str]:
+    """Template instantiations a file names in a `// name_expressions: a<float>, b<float, 4>` line."""
+    exprs = []
+    for line in path.read_text().splitlines():
+        m = re.match(r"\s*//\s*name_expressions:\s*(.*)", line)
+        if m:
+            exprs += [e.strip() for e in split_top_level(m.group(1)) if e.strip()]
+    return exprs
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel signatures
+# ------------------------------------------------------------------------------------------------
+_TYPEDEFS = {
+    "int8_t": "signed char", "uint8_t": "unsigned char", "int16_t": "short", "uint16_t": "unsigned short",
+    "int32_t": "int", "uint32_t": "unsigned int", "int64_t": "long", "uint64_t": "unsigned long",
+    "size_t": "unsigned long", "ptrdiff_t": "long", "unsigned": "unsigned int", "signed": "int",
+    "long int": "long", "long long int": "long long", "unsigned long int": "unsigned long",
+    "unsigned long long int": "unsigned long long", "short int": "short", "unsigned short int": "unsigned short",
+    "signed int": "int", "signed long": "long", "signed long long": "long long", "signed short": "short",
+    "half": "__half",
+}
+
+# C type -> (numpy dtype, number of scalars per element)
+SCALAR_TYPES = {
+    "float": (np.float32, 1), "double": (np.float64, 1), "int": (np.int32, 1), "unsigned int": (np.uint32, 1),
+    "long": (np.int64, 1), "unsigned long": (np.uint64, 1), "long long": (np.int64, 1),
+    "unsigned long long": (np.uint64, 1), "short": (np.int16, 1), "unsigned short": (np.uint16, 1),
+    "char": (np.int8, 1), "signed char": (np.int8, 1), "unsigned char": (np.uint8, 1), "bool": (np.bool_, 1),
+}
+VECTOR_TYPES = {
+    "float2": (np.float32, 2), "float4": (np.float32, 4), "int2": (np.int32, 2), "int4": (np.int32, 4),
+    "uint2": (np.uint32, 2), "uint4": (np.uint32, 4), "double2": (np.float64, 2), "__half": (np.float16, 1),
+}
+
+
+@dataclass
+class Param:
+    name: str
+    ctype: str            # normalised, e.g. "const float*", "int"
+    base: str             # "float", "float4", "void", ...
+    pointer: bool
+    const: bool           # pointee is const (pointers only)
+
+    @property
+    def dtype(self):
+        """numpy dtype of the array (pointers) or value (scalars); None for void*."""
+        if self.base == "void":
+            return None
+        return np.dtype(({**SCALAR_TYPES, **VECTOR_TYPES})[self.base][0])
+
+    @property
+    def vector_width(self) -> int:
+        return VECTOR_TYPES.get(self.base, (None, 1))[1]
+
+
+@dataclass
+class Kernel:
+    name: str                       # as given to get_function (a name expression for templates)
+    params: list[Param]
+    max_threads: int | None = None  # from __launch_bounds__
+    line: int = 0
+    template_params: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"{self.name}({', '.join(p.ctype + ' ' + p.name for p in self.params)})"
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "<([{":
+            depth += 1
+        elif ch in ">)]}":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if "".join(cur).strip():
+        parts.append("".join(cur))
+    return parts
+
+
+def _matching(text: str, open_at: int, open_ch: str, close_ch: str) -> int:
+    depth = 0
+    for i in range(open_at, len(text)):
+        if text[i] == open_ch:
+            depth += 1
+        elif text[i] == close_ch:
+            depth -= 1
+            if depth == 0:
+                return i
+    raise ValueError("unbalanced brackets")
+
+
+def normalise_base(tokens: list[str]) -> str:
+    base = " ".join(t for t in tokens if t not in ("const", "volatile", "struct", "__restrict__", "__restrict", "restrict"))
+    return _TYPEDEFS.get(base, base)
+
+
+def parse_param(text: str, index: int, substitutions: dict[str, str]) -> Param:
+    tokens = re.findall(r"[A-Za-z_]\w*|\*|&|\d+", text)
+    tokens = [substitutions.get(t, t) for t in tokens]
+    tokens = " ".join(tokens).split()  # a substitution may be several words ("unsigned int")
+    ident = [t for t in tokens if t not in ("*", "&")]
+    name = f"arg{index}"
+    known = set(SCALAR_TYPES) | set(VECTOR_TYPES) | set(_TYPEDEFS) | {"void", "const", "volatile", "unsigned", "signed",
+                                                                       "long", "short", "int", "char", "__restrict__",
+                                                                       "__restrict", "restrict"}
+    if tokens and tokens[-1] not in ("*", "&") and len(ident) >= 2 and tokens[-1] not in known:
+        name = tokens[-1]
+        tokens = tokens[:-1]
+    pointer = "*" in tokens
+    before_star = tokens[: tokens.index("*")] if pointer else tokens
+    const = pointer and "const" in before_star
+    base = normalise_base([t for t in before_star if t != "&"])
+    ctype = ("const " if const else "") + base + ("*" if pointer else "")
+    return Param(name=name, ctype=ctype, base=base, pointer=pointer, const=const)
+
+
+_GLOBAL = re.compile(r"\b__global__\b")
+
+
+def parse_kernels(src: str) -> dict[str, dict]:
+    """The `__global__` functions of a source: name -> {params text, template params, launch bounds, line}."""
+    text = strip_comments(src)
+    found = {}
+    for m in _GLOBAL.finditer(text):
+        i = m.end()
+        head = text[i : i + 400]
+        hm = re.match(r"\s*(?:__launch_bounds__\s*\(([^)]*)\)\s*)?void\s+(?:__launch_bounds__\s*\(([^)]*)\)\s*)?(\w+)\s*\(", head)
+        if not hm:
+            continue
+        bounds = hm.group(1) or hm.group(2)
+        name = hm.group(3)
+        open_at = i + hm.end() - 1
+        close_at = _matching(text, open_at, "(", ")")
+        params_text = text[open_at + 1 : close_at]
+        # template<...> right before (possibly with extern/static in between)
+        before = text[max(0, m.start() - 600) : m.start()]
+        tm = re.search(r"template\s*<([^;{}]*)>\s*(?:static\s+|inline\s+)*$", before)
+        template_params = []
+        if tm:
+            for tp in split_top_level(tm.group(1)):
+                words = re.findall(r"\w+", tp.split("=")[0])
+                if words:
+                    template_params.append(words[-1])
+        max_threads = None
+        if bounds:
+            first = split_top_level(bounds)[0].strip()
+            max_threads = int(first) if first.isdigit() else first
+        found[name] = dict(params=params_text, template_params=template_params, max_threads=max_threads,
+                           line=text.count("\n", 0, m.start()) + 1)
+    return found
+
+
+def kernel_signature(src: str, expression: str, path: str = "<source>") -> Kernel:
+    """The Kernel for `name` or a template instantiation such as `softmax<float, 128>`."""
+    kernels = parse_kernels(src)
+    name, _, rest = expression.partition("<")
+    name = name.strip()
+    if name not in kernels:
+        raise KeyError(f"no __global__ function {name!r} in {path}; it has: {', '.join(sorted(kernels)) or 'none'}")
+    k = kernels[name]
+    subs = {}
+    if k["template_params"]:
+        if not rest:
+            raise KeyError(f"{name!r} in {path} is a template kernel: ask for an instantiation such as "
+                           f"'{name}<{', '.join('float' for _ in k['template_params'])}>' and list it in name_expressions")
+        args = [a.strip() for a in split_top_level(rest.rstrip().rstrip(">"))]
+        subs = dict(zip(k["template_params"], args))
+    params = [parse_param(p, i, subs) for i, p in enumerate(split_top_level(k["params"])) if p.strip() not in ("", "void")]
+    bounds = k["max_threads"]
+    if isinstance(bounds, str):
+        bounds = int(subs[bounds]) if bounds in subs and subs[bounds].isdigit() else None
+    return Kernel(name=expression.strip(), params=params, max_threads=bounds, line=k["line"],
+                  template_params=k["template_params"])

@@ -1,0 +1,278 @@
+"""The kernel runtime every notebook uses: one API, two backends.
+
+- ``cupy``: kernels are compiled by NVRTC through CuPy and run on an NVIDIA GPU;
+- ``cpu``: the very same ``.cu`` files are compiled with the system C++ compiler and run on the
+  CPU with CUDA semantics (see ``helpers/cpu_backend``).
+
+The backend is chosen at import: ``GPT2_DEVICE=cpu|cupy`` if set, else CuPy when a CUDA device is
+usable, else the CPU. On both, every launch is checked against the kernel's C signature first,
+and kernel calls follow CuPy's convention exactly: ``fn(grid, block, args, shared_mem=0)``.
+
+    from helpers import device
+    mod = device.load_module("vector_add.cu")
+    add = mod.get_function("vector_add")
+    add((blocks,), (256,), (a, b, out, n))
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import cpu_backend, cuda_source
+from .cuda_source import Kernel
+from .errors import CompileError, DeviceUnavailableError, KernelError, LaunchError, RaceError
+from .launch_checks import check_config, convert_args
+
+__all__ = ["name", "xp", "asarray", "asnumpy", "empty", "zeros", "synchronize", "load_module", "racecheck",
+           "set_timeout", "time_kernel", "KernelError", "LaunchError", "RaceError", "CompileError",
+           "DeviceUnavailableError"]
+
+
+def _cupy_problem() -> str | None:
+    """None if CuPy can run kernels here, else the reason it cannot."""
+    try:
+        import cupy
+    except ImportError as e:
+        return (f"CuPy is not installed ({e}). Install the GPU extra: pip install -e '.[gpu]' "
+                f"(cupy-cuda12x; for CUDA 13 drivers use cupy-cuda13x)")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError: no driver, driver too old, no device
+        return f"CuPy is installed but cannot use a GPU: {e}. Is there an NVIDIA GPU and a driver (nvidia-smi)?"
+    if count == 0:
+        return "CuPy is installed but sees no CUDA device"
+    return None
+
+
+def _choose() -> str:
+    wanted = os.environ.get("GPT2_DEVICE", "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "cpu", "cupy"):
+        raise DeviceUnavailableError(f"GPT2_DEVICE={wanted!r}: use 'cpu', 'cupy' or 'auto' (or leave it unset)")
+    if wanted == "cpu":
+        return "cpu"
+    problem = _cupy_problem()
+    if wanted == "cupy" and problem:
+        raise DeviceUnavailableError(f"GPT2_DEVICE=cupy was asked for, but {problem}. "
+                                     f"Unset GPT2_DEVICE (or set it to cpu) to run the kernels on the CPU.")
+    return "cpu" if problem else "cupy"
+
+
+name: str = _choose()
+if name == "cupy":
+    import cupy as xp  # noqa: N813
+else:
+    xp = np
+
+_FOREIGN: tuple = ()
+try:  # arrays of the other backend, to say so when they are passed
+    import cupy as _cp
+    _CUPY_ARRAY = (_cp.ndarray,)
+except ImportError:
+    _CUPY_ARRAY = ()
+_ARRAY_TYPES = _CUPY_ARRAY if name == "cupy" else (np.ndarray,)
+_FOREIGN = (np.ndarray,) if name == "cupy" else _CUPY_ARRAY
+
+
+def asarray(a, dtype=None):
+    """An array on the active device (contiguous)."""
+    if name == "cupy":
+        return xp.ascontiguousarray(xp.asarray(a, dtype=dtype))
+    if _CUPY_ARRAY and isinstance(a, _CUPY_ARRAY):
+        a = a.get()
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def asnumpy(a):
+    """A NumPy array in host memory, from either backend's array."""
+    if _CUPY_ARRAY and isinstance(a, _CUPY_ARRAY):
+        return a.get()
+    return np.asarray(a)
+
+
+def empty(shape, dtype=np.float32):
+    """Uninitialised memory. On the CPU it is filled with 0xff bytes (NaN as float, -1 as int), so a
+    kernel that reads what nobody wrote shows it instead of silently reading zeros."""
+    if name == "cupy":
+        return xp.empty(shape, dtype=dtype)
+    a = np.empty(shape, dtype=dtype)
+    a.view(np.uint8).fill(0xFF) if a.nbytes else None
+    return a
+
+
+def zeros(shape, dtype=np.float32):
+    return xp.zeros(shape, dtype=dtype)
+
+
+def synchronize() -> None:
+    """Wait for the GPU to finish queued work (CPU-backend launches are synchronous)."""
+    if name == "cupy":
+        xp.cuda.get_current_stream().synchronize()
+
+
+def set_timeout(seconds: float) -> None:
+    """Longest a CPU-backend launch may run before it is stopped with a KernelError."""
+    if not seconds > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {seconds!r}")
+    cpu_backend.timeout_s = float(seconds)
+
+
+# ------------------------------------------------------------------------------------------------
+# Modules and functions
+# ------------------------------------------------------------------------------------------------
+class Function:
+    """A kernel ready to launch: ``fn(grid, block, args, shared_mem=0)``."""
+
+    def __init__(self, module: "Module", kernel: Kernel):
+        self.module = module
+        self.kernel = kernel
+        self.name = kernel.name
+        self._raw = None
+
+    def __repr__(self):
+        return f"<kernel {self.kernel.describe()} from {self.module.path.name} on {self.module.backend}>"
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        grid3, block3, smem = check_config(self.kernel, grid, block, shared_mem)
+        values = convert_args(self.kernel, args, self.module.backend, *self._array_types())
+        if self.module.backend == "cupy":
+            if self._raw is None:
+                self._raw = self.module._raw.get_function(self.name)
+            self._raw(grid3, block3, tuple(values), shared_mem=smem)
+        else:
+            cpu_backend.launch(self.module._library, self.kernel, self.name, grid3, block3, smem, values)
+
+    def _array_types(self):
+        if self.module.backend == "cupy":
+            return _ARRAY_TYPES, (np.ndarray,)
+        return (np.ndarray,), _CUPY_ARRAY
+
+
+class Module:
+    """The kernels of one `.cu` file, compiled for one backend."""
+
+    def __init__(self, path: Path, options=(), name_expressions=(), backend: str | None = None):
+        self.path = path
+        self.options = tuple(options)
+        self.name_expressions = tuple(name_expressions)
+        self.backend = backend or name
+        self.source = path.read_text()
+        self._functions: dict[str, Function] = {}
+        if self.backend == "cupy":
+            import cupy
+            # CuPy caches compiled modules by source text; the digest of the included files makes an
+            # edit of a header recompile too.
+            digest = cuda_source.source_digest(path, " ".join(self.options))
+            code = self.source + f"\n// gpt2 digest {digest}\n"
+            self._raw = cupy.RawModule(code=code, options=("-std=c++17", f"-I{path.parent}",
+                                                           f"-I{cuda_source.CUDA_DIR}", *self.options),
+                                       name_expressions=self.name_expressions or None)
+        else:
+            compiled = cpu_backend.compile_module(path, self.options, self.name_expressions)
+            self._library = cpu_backend.Library(compiled)
+
+    def get_function(self, kernel_name: str) -> Function:
+        if kernel_name not in self._functions:
+            kernel = cuda_source.kernel_signature(self.source, kernel_name, str(self.path))
+            if kernel.template_params and kernel_name not in self.name_expressions:
+                raise KeyError(f"{kernel_name!r} is a template instantiation: pass it in "
+                               f"load_module(..., name_expressions=[{kernel_name!r}])")
+            self._functions[kernel_name] = Function(self, kernel)
+        return self._functions[kernel_name]
+
+    def __repr__(self):
+        return f"<module {self.path.name} on {self.backend}: {', '.join(cuda_source.parse_kernels(self.source))}>"
+
+
+_modules: dict = {}
+
+
+def load_module(path_or_name, options=(), name_expressions=(), backend: str | None = None) -> Module:
+    """Compile (or take from the cache) the kernels of a `.cu` file.
+
+    A bare file name resolves inside `cuda/`. Modules are cached by the content of the file and the
+    files it includes, and by the options: editing a `.cu` recompiles it on the next call."""
+    path = cuda_source.resolve(path_or_name)
+    backend = backend or name
+    if backend not in ("cpu", "cupy"):
+        raise ValueError(f"backend must be 'cpu' or 'cupy', got {backend!r}")
+    key = (str(path), tuple(options), tuple(name_expressions), backend,
+           cuda_source.source_digest(path))
+    if key not in _modules:
+        _modules[key] = Module(path, options, name_expressions, backend)
+    return _modules[key]
+
+
+# ------------------------------------------------------------------------------------------------
+# Race checking
+# ------------------------------------------------------------------------------------------------
+RACECHECK_SCHEDULES = ((cpu_backend.FORWARD, 0), (cpu_backend.REVERSE, 0), (cpu_backend.RANDOM, 1),
+                       (cpu_backend.RANDOM, 2))
+
+
+def racecheck(fn: Function, grid, block, args, shared_mem=0, *, atol=0.0, rtol=0.0) -> None:
+    """Run a launch with each block's threads in several orders and require the same outputs.
+
+    The orders: forward, reverse, and random (a new random order after every barrier), with the
+    blocks in the same kinds of orders, one at a time. Correct kernels give identical bits in every
+    order; a missing __syncthreads(), or threads that read what others write without one, gives
+    different results. Works on copies of the arguments; on the CuPy backend it runs on the CPU.
+    Kernels whose float atomics sum in a different order may pass atol/rtol.
+    Raises RaceError naming the kernel and the outputs that differ; returns None when all agree."""
+    cpu_module = fn.module if fn.module.backend == "cpu" else load_module(
+        fn.module.path, fn.module.options, fn.module.name_expressions, backend="cpu")
+    cpu_fn = cpu_module.get_function(fn.name)
+    grid3, block3, smem = check_config(fn.kernel, grid, block, shared_mem)
+    host_args = [asnumpy(a) if (isinstance(a, np.ndarray) or (_CUPY_ARRAY and isinstance(a, _CUPY_ARRAY))) else a
+                 for a in args]
+    host_args = convert_args(fn.kernel, host_args, "cpu", (np.ndarray,), _CUPY_ARRAY)
+    results = []
+    for schedule, seed in RACECHECK_SCHEDULES:
+        copies = [a.copy() if isinstance(a, np.ndarray) else a for a in host_args]
+        cpu_backend.launch(cpu_module._library, cpu_fn.kernel, fn.name, grid3, block3, smem, copies,
+                           schedule=schedule, seed=seed, n_workers=1)
+        outs = {p.name: c for p, c in zip(fn.kernel.params, copies) if p.pointer and not p.const}
+        results.append((schedule, seed, outs))
+    _, _, first = results[0]
+    for schedule, seed, outs in results[1:]:
+        for pname, ref in first.items():
+            got = outs[pname]
+            if ref.dtype.kind == "f":
+                same = np.isclose(got, ref, atol=atol, rtol=rtol, equal_nan=True) if (atol or rtol) else \
+                    ((got == ref) | (np.isnan(got) & np.isnan(ref)))
+            else:
+                same = got == ref
+            if not np.all(same):
+                bad = np.argwhere(~np.asarray(same).reshape(ref.shape))
+                idx = tuple(int(i) for i in bad[0])
+                order = cpu_backend.SCHEDULE_NAMES[schedule] + (f" (seed {seed})" if schedule == cpu_backend.RANDOM else "")
+                raise RaceError(
+                    f"kernel `{fn.name}`: output `{pname}` depends on the order threads run in: running them "
+                    f"forward and {order} gives different values at {len(bad)} of {ref.size} elements "
+                    f"(first at index {idx}: {ref[idx]!r} vs {got[idx]!r}). Threads read memory that other threads "
+                    f"write without a __syncthreads() (or __syncwarp()) between the write and the read.")
+
+
+# ------------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------------
+def time_kernel(fn: Function, grid, block, args, shared_mem=0, repeat=5, warmup=1) -> float:
+    """Median seconds per launch: CUDA events on the GPU, wall clock (emulation) on the CPU."""
+    for _ in range(warmup):
+        fn(grid, block, args, shared_mem)
+    times = []
+    for _ in range(repeat):
+        if name == "cupy":
+            start, stop = xp.cuda.Event(), xp.cuda.Event()
+            start.record()
+            fn(grid, block, args, shared_mem)
+            stop.record()
+            stop.synchronize()
+            times.append(xp.cuda.get_elapsed_time(start, stop) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn(grid, block, args, shared_mem)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
