@@ -142,9 +142,12 @@ extern const int entry_count;
 // Fibers and the context switch
 // ---------------------------------------------------------------------------------------------
 static constexpr size_t kPage = 4096;
-// One fiber's region: [descriptor page][guard page][stack ... grows down]. Regions are aligned to
-// their size, so the running fiber's descriptor is `stack pointer & ~(kRegion - 1)`.
-static constexpr size_t kRegion = size_t(256) << 10;
+// One fiber's stack region: [guard page][stack ... grows down]. All regions of a launch are one
+// mapping, so the running fiber is `(stack pointer - pool) >> kRegionShift`: no thread-local
+// storage. The descriptors live apart, packed in one array: scanning them stays in cache (at the
+// base of 256 KiB-aligned regions they would all fall into the same cache sets).
+static constexpr int kRegionShift = 18;
+static constexpr size_t kRegion = size_t(1) << kRegionShift;
 static constexpr int kMaxThreads = 1024;
 static constexpr size_t kStaticSharedCap = 48 << 10;  // what a block may use without opt-in
 static constexpr int kMaxSharedSites = 128;
@@ -162,6 +165,7 @@ struct Ctx {
 struct Block;
 struct Fiber {
     Ctx ctx;
+    char* stack_lo;       // base of its region (the guard page)
     uint3 thread_idx;
     Block* block;
     int32_t linear;       // linear thread index in the block
@@ -172,7 +176,6 @@ struct Fiber {
     int32_t parity;       // alternates per warp collective: selects the exchange slots
     int32_t bar_parity;   // alternates per __syncthreads: selects the barrier-count slot
 };
-static_assert(sizeof(Fiber) < kPage, "fiber descriptor must fit its page");
 
 struct WarpState {
     uint32_t existing;     // lanes that exist (a partial last warp has fewer)
@@ -208,9 +211,9 @@ struct Block {
 struct Worker {
     int id;
     pthread_t thread;
+    Fiber* current;        // the fiber running now (for the fault handler)
     Ctx main;
     Block block;
-    char* pool;            // fiber regions
     char* altstack;
     uint64_t switches;
     bool failed;
@@ -226,6 +229,9 @@ static uint64_t g_next_block;
 static uint64_t g_nblocks;
 static uint64_t g_perm_a, g_perm_c;
 static bool g_isolated;
+static char* g_pool;             // all fiber stack regions of the launch
+static size_t g_pool_regions;
+static Fiber* g_desc;            // their descriptors, in the same order
 
 static inline uintptr_t stack_pointer() {
     uintptr_t sp;
@@ -240,7 +246,7 @@ static inline uintptr_t stack_pointer() {
     return sp;
 }
 
-static inline Fiber* self() { return (Fiber*)(stack_pointer() & ~(uintptr_t)(kRegion - 1)); }
+static inline Fiber* self() { return &g_desc[(stack_pointer() - (uintptr_t)g_pool) >> kRegionShift]; }
 
 #if !defined(GPT2CPU_USE_UCONTEXT)
 extern "C" void gpt2cpu_ctx_switch(void** save_sp, void* load_sp) __attribute__((visibility("hidden")));
@@ -454,7 +460,11 @@ static void yield_next(Fiber* cur) {
             Fiber* f = b->fibers[b->order[b->pos]];
             if (f->state == RUNNABLE) {
                 b->ran = true;
-                if (f != cur) { b->worker->switches++; ctx_switch(&cur->ctx, &f->ctx); }
+                if (f != cur) {
+                    b->worker->switches++;
+                    b->worker->current = f;
+                    ctx_switch(&cur->ctx, &f->ctx);
+                }
                 return;
             }
         }
@@ -562,24 +572,13 @@ static void plain_main(Fiber* f) {
 // ---------------------------------------------------------------------------------------------
 // Memory of a worker: fiber regions with guard pages, the shared-memory arena with a guard page
 // ---------------------------------------------------------------------------------------------
-static char* map_aligned(size_t size, size_t align) {
-    size_t total = size + align;
-    char* raw = (char*)mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (raw == MAP_FAILED) return nullptr;
-    char* p = (char*)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
-    if (p > raw) munmap(raw, (size_t)(p - raw));
-    size_t tail = (size_t)((raw + total) - (p + size));
-    if (tail) munmap(p + size, tail);
-    return p;
-}
-
 static bool worker_init(Worker* w, int nthreads) {
-    w->pool = map_aligned(kRegion * (size_t)nthreads, kRegion);
-    if (!w->pool) return false;
     for (int i = 0; i < nthreads; i++) {
-        char* base = w->pool + kRegion * (size_t)i;
-        mprotect(base + kPage, kPage, PROT_NONE);  // guard page below the stack
-        w->block.fibers[i] = (Fiber*)base;
+        size_t k = (size_t)w->id * nthreads + i;
+        char* base = g_pool + kRegion * k;
+        mprotect(base, kPage, PROT_NONE);  // guard page below the stack
+        w->block.fibers[i] = &g_desc[k];
+        w->block.fibers[i]->stack_lo = base;
     }
     size_t dyn = (g_launch->shared_mem + kPage - 1) / kPage * kPage;
     size_t arena_size = kStaticSharedCap + dyn + kPage;
@@ -624,8 +623,9 @@ static void run_block(Worker* w, uint64_t linear) {
         f->warp = i / 32;
         f->parity = 0;
         f->bar_parity = 0;
-        char* base = (char*)f;
-        ctx_init(&f->ctx, base + 2 * kPage, base + kRegion, b->plain ? plain_main : fiber_main, f);
+        // stack tops staggered by 64 bytes so the registers saved at a switch do not share cache sets
+        char* top = f->stack_lo + kRegion - (size_t)(i % 32) * 64;
+        ctx_init(&f->ctx, f->stack_lo + kPage, top, b->plain ? plain_main : fiber_main, f);
     }
     if (!b->plain) {
         for (int wi = 0; wi < (b->n + 31) / 32; wi++) {
@@ -636,7 +636,9 @@ static void run_block(Worker* w, uint64_t linear) {
     }
     Fiber* first = b->fibers[b->plain ? 0 : b->order[0]];
     w->switches++;
+    w->current = first;
     ctx_switch(&w->main, &first->ctx);
+    w->current = nullptr;
 }
 
 static inline uint64_t block_permutation(uint64_t k) {
@@ -649,6 +651,7 @@ static inline uint64_t block_permutation(uint64_t k) {
 
 static void* worker_main(void* arg) {
     Worker* w = (Worker*)arg;
+    w->thread = pthread_self();
     if (g_isolated) {
         stack_t ss;
         ss.ss_sp = w->altstack;
@@ -694,21 +697,22 @@ static void fault_handler(int sig, siginfo_t* info, void* uctx) {
         (void)uc;
 #endif
         r->fault_kind = FAULT_MEMORY;
-        // Which fiber was running? Its descriptor sits at the base of the region holding sp.
+        // Which fiber was running on this OS thread?
+        uintptr_t a = (uintptr_t)info->si_addr;
+        pthread_t me = pthread_self();
         for (int i = 0; i < g_nworkers; i++) {
             Worker* w = g_workers[i];
-            if (!w || !w->pool) continue;
-            int n = w->block.plain ? 1 : w->block.n;
-            uintptr_t lo = (uintptr_t)w->pool, hi = lo + kRegion * (size_t)n;
-            if (sp >= lo && sp < hi) {
-                Fiber* f = (Fiber*)(sp & ~(uintptr_t)(kRegion - 1));
-                set_thread_info(r, f);
-                uintptr_t a = (uintptr_t)info->si_addr;
-                if (a >= (uintptr_t)f + kPage && a < (uintptr_t)f + 2 * kPage) r->fault_kind = FAULT_STACK_OVERFLOW;
-            }
-            uintptr_t a = (uintptr_t)info->si_addr;
+            if (!w) continue;
             if (a >= (uintptr_t)w->block.arena_guard && a < (uintptr_t)w->block.arena_guard + kPage)
                 r->fault_kind = FAULT_SHARED_OOB;
+            if (!pthread_equal(w->thread, me) || !w->current) continue;
+            Fiber* f = w->current;
+            set_thread_info(r, f);
+            uintptr_t usable_lo = (uintptr_t)f->stack_lo + kPage, hi = (uintptr_t)f->stack_lo + kRegion;
+            bool sp_escaped = sp && (sp < usable_lo || sp >= hi);
+            bool in_guard = a >= (uintptr_t)f->stack_lo && a < usable_lo;
+            bool below_stack = a < usable_lo && sp && a + (1u << 20) >= sp && a < hi;
+            if (sp_escaped || in_guard || below_stack) r->fault_kind = FAULT_STACK_OVERFLOW;
         }
     }
     _exit(3);
@@ -749,7 +753,16 @@ static int run_launch(LaunchConfig* L) {
     if (nworkers > 256) nworkers = 256;
     g_nworkers = nworkers;
     Worker* workers = (Worker*)calloc((size_t)nworkers, sizeof(Worker));
-    if (!workers) return 2;
+    int nfib = L->plain ? 1 : nthreads;
+    g_pool_regions = (size_t)nworkers * nfib;
+    g_pool = (char*)mmap(nullptr, kRegion * g_pool_regions, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    g_desc = (Fiber*)calloc(g_pool_regions, sizeof(Fiber));
+    if (!workers || g_pool == MAP_FAILED || !g_desc) {
+        snprintf(L->report->message, sizeof L->report->message, "could not map fiber stacks (out of memory?)");
+        L->report->status = RUNTIME_ERROR;
+        return 2;
+    }
     for (int i = 0; i < nworkers; i++) {
         workers[i].id = i;
         workers[i].altstack = (char*)malloc(64 << 10);
@@ -767,9 +780,9 @@ static int run_launch(LaunchConfig* L) {
     for (int i = 0; i < nworkers; i++) sw += workers[i].switches;
     L->report->switches = sw;
     int rc = g_failed ? 2 : 0;
+    munmap(g_pool, kRegion * g_pool_regions);
+    free(g_desc);
     for (int i = 0; i < nworkers; i++) {
-        int n = L->plain ? 1 : nthreads;
-        munmap(workers[i].pool, kRegion * (size_t)n);
         size_t dyn = (L->shared_mem + kPage - 1) / kPage * kPage;
         munmap(workers[i].block.arena, kStaticSharedCap + dyn + kPage);
         free(workers[i].altstack);
