@@ -1,4 +1,10 @@
-"""The Python library the notebooks import: kernel runtime, references, checks."""
+"""The Python library the notebooks import: the kernel runtime (`helpers.device`), checks against
+NumPy (`helpers.check`), and, as the curriculum grows, references, the model, training and sampling."""
 import os
 
+#: Tiny mode (GPT2_TINY=1, set by the tests): notebooks pick small sizes so CI runs them in seconds.
 TINY = os.environ.get("GPT2_TINY", "0") not in ("", "0")
+
+from .checking import check  # noqa: E402
+
+__all__ = ["TINY", "check"]
