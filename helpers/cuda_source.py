@@ -88,9 +88,44 @@ def source_digest(path: Path, extra: str = "") -> str:
 _SYNC = re.compile(r"\b(__syncthreads\w*|__syncwarp|__shfl\w*_sync|__ballot_sync|__any_sync|__all_sync|__activemask)\b")
 
 
-def uses_block_collectives(path: Path) -> bool:
-    """True if the kernels may wait for each other (barriers, warp collectives): they need fibers."""
-    return any(_SYNC.search(strip_comments(f.read_text())) for f in [path, *local_includes(path)])
+_FUNCTION = re.compile(r"\b(?:__device__|__global__)\b[^;{}]*?\b(\w+)\s*\(")
+
+
+def _function_bodies(text: str) -> dict[str, str]:
+    """name -> body of every __device__ / __global__ function defined in `text` (comments stripped)."""
+    bodies = {}
+    for m in _FUNCTION.finditer(text):
+        open_paren = m.end() - 1
+        try:
+            close_paren = _matching(text, open_paren, "(", ")")
+        except ValueError:
+            continue
+        rest = text[close_paren + 1:]
+        brace = re.match(r"[^;{]*\{", rest)
+        if not brace:
+            continue  # a declaration
+        start = close_paren + 1 + brace.end() - 1
+        try:
+            bodies[m.group(1)] = bodies.get(m.group(1), "") + text[start:_matching(text, start, "{", "}") + 1]
+        except ValueError:
+            continue
+    return bodies
+
+
+def kernels_needing_fibers(path: Path) -> set[str]:
+    """Functions that wait for other threads (barriers, warp collectives), directly or through the
+    __device__ functions they call. The others run their threads as a plain loop, no fibers."""
+    text = "\n".join(strip_comments(f.read_text()) for f in [path, *local_includes(path)])
+    bodies = _function_bodies(text)
+    needs = {name for name, body in bodies.items() if _SYNC.search(body)}
+    changed = True
+    while changed:
+        changed = False
+        for name, body in bodies.items():
+            if name not in needs and any(re.search(rf"\b{re.escape(c)}\s*[<(]", body) for c in needs):
+                needs.add(name)
+                changed = True
+    return needs
 
 
 def declared_name_expressions(path: Path) -> list[str]:

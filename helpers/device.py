@@ -199,7 +199,7 @@ def load_module(path_or_name, options=(), name_expressions=(), backend: str | No
     if backend not in ("cpu", "cupy"):
         raise ValueError(f"backend must be 'cpu' or 'cupy', got {backend!r}")
     key = (str(path), tuple(options), tuple(name_expressions), backend,
-           cuda_source.source_digest(path))
+           cuda_source.source_digest(path), cpu_backend.context_switch(), str(cpu_backend.cache_dir()))
     if key not in _modules:
         _modules[key] = Module(path, options, name_expressions, backend)
     return _modules[key]

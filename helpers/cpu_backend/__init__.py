@@ -48,6 +48,11 @@ workers = int(os.environ.get("GPT2_CPU_WORKERS", "0")) or (os.cpu_count() or 1)
 isolate = os.environ.get("GPT2_CPU_ISOLATE", "1") != "0"
 
 
+def context_switch() -> str:
+    """'asm' (the hand-written switch, x86-64 and aarch64) or 'ucontext' (portable; GPT2_CPU_CONTEXT=ucontext)."""
+    return "ucontext" if os.environ.get("GPT2_CPU_CONTEXT", "asm") == "ucontext" else "asm"
+
+
 def cache_dir() -> Path:
     d = os.environ.get("GPT2_CACHE_DIR")
     base = Path(d) if d else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gpt2-cuda-notebooks"
@@ -126,7 +131,7 @@ class CompiledModule:
     path: Path
     library: Path
     entries: list[str]
-    plain: bool
+    plain: dict[str, bool]   # entry -> runs as a plain loop (no barrier, no warp collective)
 
 
 def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModule:
@@ -141,10 +146,13 @@ def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModul
     flags = ["-std=c++17", "-O2", "-g1", "-fPIC", "-shared", "-fvisibility=hidden", "-fno-strict-aliasing",
              "-ffp-contract=off", "-pthread", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-attributes",
              f"-I{path.parent}", f"-I{cuda_source.CUDA_DIR}", *defines, "-include", str(HEADER)]
+    if context_switch() == "ucontext":
+        flags.append("-DGPT2CPU_USE_UCONTEXT=1")
     digest = cuda_source.source_digest(path, body + HEADER.read_text() + cxx + " ".join(flags))
     out_dir = cache_dir()
     library = out_dir / f"{path.stem}-{digest}.so"
-    plain = not cuda_source.uses_block_collectives(path)
+    waiting = cuda_source.kernels_needing_fibers(path)
+    plain = {e: e.partition("<")[0].strip() not in waiting for e in entries}
     if library.is_file():
         return CompiledModule(path, library, entries, plain)
     with _compile_lock:
@@ -342,7 +350,7 @@ def launch(library: Library, kernel, entry: str, grid, block, shared_mem, values
             ctypes.memset(mem, 0, ctypes.sizeof(Report))
             cfg = LaunchConfig(entry=library.compiled.entries.index(entry), schedule=schedule,
                                shared_mem=shared_mem, args=pointers,
-                               workers=n_workers or workers, plain=int(library.compiled.plain), seed=seed,
+                               workers=n_workers or workers, plain=int(library.compiled.plain[entry]), seed=seed,
                                report=mem, printf_buf=printf_buf, printf_cap=PRINTF_CAPACITY)
             cfg.grid[:] = grid
             cfg.block[:] = block

@@ -511,6 +511,8 @@ static void check_barrier_release(Block* b, Fiber* cur) {
     }
     for (int i = 0; i < b->n; i++) b->fibers[i]->state = RUNNABLE;
     b->at_barrier = 0;
+    // __syncthreads_count: the slot the next barrier uses; all readers of it have left it behind
+    b->bar_count[1 - cur->bar_parity] = 0;
 }
 
 static void report_deadlock(Block* b, Fiber* cur) {
@@ -805,6 +807,7 @@ static inline void syncthreads(int line) {
     b->at_barrier++;
     check_barrier_release(b, f);
     yield_next(f);
+    f->bar_parity ^= 1;
 }
 
 static inline int syncthreads_reduce(int line, int pred, int op) {
@@ -814,8 +817,6 @@ static inline int syncthreads_reduce(int line, int pred, int op) {
     b->bar_count[p] += pred ? 1 : 0;
     syncthreads(line);
     int count = b->bar_count[p];
-    b->bar_count[1 - p] = 0;  // the next barrier's slot; every thread has left it behind
-    f->bar_parity = 1 - p;
     if (op == 0) return count;
     if (op == 1) return count == b->n;
     return count > 0;
