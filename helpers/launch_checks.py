@@ -116,7 +116,8 @@ def convert_args(kernel: Kernel, args, backend: str, array_types: tuple, foreign
             raise LaunchError(f"{where}: expects a bool, got {type(a).__name__} {a!r}")
         if p.base in ("float", "double"):
             if isinstance(a, (numbers.Real, np.integer, np.floating)) and not isinstance(a, (bool, np.bool_)):
-                v = p.dtype.type(a)
+                with np.errstate(over="ignore"):
+                    v = p.dtype.type(a)
                 if np.isfinite(float(a)) and not np.isfinite(v):
                     raise LaunchError(f"{where}: {a!r} overflows a {p.base}")
                 out.append(v)

@@ -133,7 +133,7 @@ def compile_file(path, arch: str = "sm_90") -> list[KernelResources]:
             nvrtc.compileProgram(program, options)
         except nvrtc.NVRTCError as e:
             # ptxas's per-kernel info lines would bury the error: keep the rest
-            log = "\n".join(line for line in nvrtc.getProgramLog(program).splitlines()
+            log = "\n".join(line for line in nvrtc.getProgramLog(program).replace("\x00", "").splitlines()
                             if line.strip() and not re.match(r"\s*ptxas\s+(info|\.)", line))
             hints = []
             if "cuda_runtime.h" in log:
@@ -142,7 +142,7 @@ def compile_file(path, arch: str = "sm_90") -> list[KernelResources]:
                 hints.append("NVRTC has no M_PI: write the constant, e.g. 3.14159265358979f.")
             raise CompileError(f"{_display_name(path)} does not compile for {arch} with NVRTC ({e}):\n{log}"
                                + "".join(f"\nhint: {h}" for h in hints)) from None
-        log = nvrtc.getProgramLog(program)
+        log = nvrtc.getProgramLog(program).replace("\x00", "")
         names = {nvrtc.getLoweredName(program, expr): expr for expr in expressions}
     finally:
         nvrtc.destroyProgram(program)
@@ -157,6 +157,7 @@ def default_paths(include_tests: bool = False) -> list[Path]:
 
 def _report_file(path: Path, archs) -> list[KernelResources]:
     """All architectures of one file, in source order (ptxas reports kernels in reverse)."""
+    rows = [row for arch in archs for row in compile_file(path, arch)]  # first: it reports syntax errors
     lines = {name: k["line"] for name, k in cuda_source.parse_kernels(path.read_text()).items()}
     expressions = cuda_source.declared_name_expressions(path)
 
@@ -164,7 +165,7 @@ def _report_file(path: Path, archs) -> list[KernelResources]:
         base = r.kernel.partition("<")[0].strip()
         return lines.get(base, 0), expressions.index(r.kernel) if r.kernel in expressions else -1, archs.index(r.arch)
 
-    return sorted((row for arch in archs for row in compile_file(path, arch)), key=order)
+    return sorted(rows, key=order)
 
 
 def compile_report(paths=None, archs=ARCHS) -> list[KernelResources]:

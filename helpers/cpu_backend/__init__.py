@@ -214,6 +214,7 @@ def _map_shared(nbytes: int) -> int:
 # Staging arrays behind guard pages
 # ------------------------------------------------------------------------------------------------
 CANARY = 0xFF  # unused bytes around an array: NaN as float, so stray reads show
+GUARD = 64 * 1024  # inaccessible bytes on each side of an array (address space only, no memory)
 
 
 @dataclass
@@ -221,7 +222,7 @@ class Staged:
     """One buffer: the memory of one array (or of several arrays that overlap, like x and x[1:])."""
     lo: int                 # the caller's memory [lo, hi)
     hi: int
-    base: int = 0           # mapping: [guard][lead slack][data][trail slack][guard]
+    base: int = 0           # mapping: [GUARD][lead slack][data][trail slack][GUARD]
     size: int = 0
     data: int = 0
     members: list = None    # (argument index, Param, array)
@@ -234,21 +235,21 @@ class Staged:
     def map(self):
         data_span = -(-max(self.nbytes, 1) // 16) * 16
         body = -(-(data_span + 16) // PAGE) * PAGE
-        self.size = body + 2 * PAGE
+        self.size = body + 2 * GUARD
         self.base = _map_shared(self.size)
-        ctypes.memset(self.base + PAGE, CANARY, body)
-        end = self.base + PAGE + body                      # first byte of the trailing guard page
+        ctypes.memset(self.base + GUARD, CANARY, body)
+        end = self.base + GUARD + body                     # first byte of the trailing guard
         self.data = (end - self.nbytes) // 16 * 16          # 16-aligned, as close to the guard as allowed
-        _libc.mprotect(self.base, PAGE, PROT_NONE)
-        _libc.mprotect(end, PAGE, PROT_NONE)
+        _libc.mprotect(self.base, GUARD, PROT_NONE)
+        _libc.mprotect(end, GUARD, PROT_NONE)
         if self.nbytes:
             ctypes.memmove(self.data, self.lo, self.nbytes)
         if not self.writable:
-            _libc.mprotect(self.base + PAGE, body, PROT_READ)
+            _libc.mprotect(self.base + GUARD, body, PROT_READ)
 
     def slack_written(self) -> bool:
-        end = self.base + self.size - PAGE
-        lead = ctypes.string_at(self.base + PAGE, self.data - self.base - PAGE)
+        end = self.base + self.size - GUARD
+        lead = ctypes.string_at(self.base + GUARD, self.data - self.base - GUARD)
         trail = ctypes.string_at(self.data + self.nbytes, end - self.data - self.nbytes)
         return any(b != CANARY for b in lead + trail)
 

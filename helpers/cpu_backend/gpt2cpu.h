@@ -151,6 +151,7 @@ static constexpr size_t kRegion = size_t(1) << kRegionShift;
 static constexpr int kMaxThreads = 1024;
 static constexpr size_t kStaticSharedCap = 48 << 10;  // what a block may use without opt-in
 static constexpr int kMaxSharedSites = 128;
+static constexpr size_t kSharedGuard = 256 << 10;  // inaccessible space after dynamic shared memory
 
 enum FiberState : int32_t { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3 };
 
@@ -583,12 +584,12 @@ static bool worker_init(Worker* w, int nthreads) {
         w->block.fibers[i]->stack_lo = base;
     }
     size_t dyn = (g_launch->shared_mem + kPage - 1) / kPage * kPage;
-    size_t arena_size = kStaticSharedCap + dyn + kPage;
+    size_t arena_size = kStaticSharedCap + dyn + kSharedGuard;
     char* arena = (char*)mmap(nullptr, arena_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (arena == MAP_FAILED) return false;
     w->block.arena = arena;
     w->block.arena_guard = arena + kStaticSharedCap + dyn;
-    mprotect(w->block.arena_guard, kPage, PROT_NONE);
+    mprotect(w->block.arena_guard, kSharedGuard, PROT_NONE);
     w->block.dynamic_size = g_launch->shared_mem;
     w->block.dynamic = w->block.arena_guard - ((g_launch->shared_mem + 15) / 16 * 16);
     w->block.worker = w;
@@ -705,7 +706,7 @@ static void fault_handler(int sig, siginfo_t* info, void* uctx) {
         for (int i = 0; i < g_nworkers; i++) {
             Worker* w = g_workers[i];
             if (!w) continue;
-            if (a >= (uintptr_t)w->block.arena_guard && a < (uintptr_t)w->block.arena_guard + kPage)
+            if (a >= (uintptr_t)w->block.arena_guard && a < (uintptr_t)w->block.arena_guard + kSharedGuard)
                 r->fault_kind = FAULT_SHARED_OOB;
             if (!pthread_equal(w->thread, me) || !w->current) continue;
             Fiber* f = w->current;
@@ -713,8 +714,7 @@ static void fault_handler(int sig, siginfo_t* info, void* uctx) {
             uintptr_t usable_lo = (uintptr_t)f->stack_lo + kPage, hi = (uintptr_t)f->stack_lo + kRegion;
             bool sp_escaped = sp && (sp < usable_lo || sp >= hi);
             bool in_guard = a >= (uintptr_t)f->stack_lo && a < usable_lo;
-            bool below_stack = a < usable_lo && sp && a + (1u << 20) >= sp && a < hi;
-            if (sp_escaped || in_guard || below_stack) r->fault_kind = FAULT_STACK_OVERFLOW;
+            if ((sp_escaped || in_guard) && r->fault_kind != FAULT_SHARED_OOB) r->fault_kind = FAULT_STACK_OVERFLOW;
         }
     }
     _exit(3);
@@ -786,7 +786,7 @@ static int run_launch(LaunchConfig* L) {
     free(g_desc);
     for (int i = 0; i < nworkers; i++) {
         size_t dyn = (L->shared_mem + kPage - 1) / kPage * kPage;
-        munmap(workers[i].block.arena, kStaticSharedCap + dyn + kPage);
+        munmap(workers[i].block.arena, kStaticSharedCap + dyn + kSharedGuard);
         free(workers[i].altstack);
         g_workers[i] = nullptr;
     }

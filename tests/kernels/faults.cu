@@ -46,7 +46,8 @@ extern "C" __global__ void shuffle_with_exited_lane(const float* in, float* out)
 }
 
 extern "C" __global__ void spin_forever(float* flag) {
-    while (flag[0] == 0.0f) { }
+    int n = 0;
+    while (flag[0] == 0.0f) { flag[1] = (float)++n; }  // the store keeps the loop (an empty one may be removed)
 }
 
 extern "C" __global__ void missing_syncthreads(const float* in, float* out) {
@@ -85,9 +86,10 @@ extern "C" __global__ void dynamic_shared_overrun(float* out, int k) {
     out[threadIdx.x] = 0.0f;
 }
 
-extern "C" __global__ void too_much_static_shared(float* out) {
-    __shared__ float a[8192];  // 32 KiB
-    __shared__ float b[8192];  // + 32 KiB > 48 KiB
+// 40 KiB of static shared memory is fine alone, but not with 16 KiB of dynamic shared memory on top.
+extern "C" __global__ void too_much_shared(float* out) {
+    __shared__ float a[10240];
+    extern __shared__ float b[];
     a[threadIdx.x] = 1.0f;
     b[threadIdx.x] = 2.0f;
     __syncthreads();
