@@ -1,0 +1,110 @@
+"""Backend selection, the array helpers, helpers.check, and the repository's hygiene."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import helpers
+from helpers import device
+from helpers.cuda_source import REPO_ROOT
+
+
+def backend_in_subprocess(value):
+    env = {k: v for k, v in os.environ.items() if k != "GPT2_DEVICE"}
+    if value is not None:
+        env["GPT2_DEVICE"] = value
+    return subprocess.run([sys.executable, "-c", "from helpers import device; print(device.name)"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+
+
+def test_cpu_can_be_forced():
+    proc = backend_in_subprocess("cpu")
+    assert proc.returncode == 0 and proc.stdout.strip() == "cpu"
+
+
+def test_auto_picks_cpu_without_a_gpu():
+    proc = backend_in_subprocess(None)
+    expected = "cpu" if device._cupy_problem() else "cupy"
+    assert proc.returncode == 0 and proc.stdout.strip() == expected
+
+
+def test_asking_for_cupy_without_a_gpu_says_why():
+    if device._cupy_problem() is None:
+        pytest.skip("this machine has a usable GPU")  # never the case in CI
+    proc = backend_in_subprocess("cupy")
+    assert proc.returncode != 0
+    assert "DeviceUnavailableError: GPT2_DEVICE=cupy was asked for, but CuPy" in proc.stderr
+    assert "GPT2_DEVICE" in proc.stderr and "cpu" in proc.stderr
+
+
+def test_a_misspelt_backend_is_an_error():
+    proc = backend_in_subprocess("gpu")
+    assert proc.returncode != 0 and "GPT2_DEVICE='gpu': use 'cpu', 'cupy' or 'auto'" in proc.stderr
+
+
+def test_array_helpers_round_trip():
+    a = device.asarray([[1, 2], [3, 4]], dtype=np.float32)
+    assert isinstance(a, device.xp.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert np.array_equal(device.asnumpy(a), [[1, 2], [3, 4]])
+    assert device.asarray(np.ones((3, 4)).T).flags.c_contiguous
+    assert device.zeros((2, 3)).dtype == np.float32 and not device.asnumpy(device.zeros(5)).any()
+    assert device.empty((2, 3), dtype=np.int32).shape == (2, 3)
+    device.synchronize()
+
+
+def test_time_kernel_measures_a_launch():
+    mod = device.load_module(REPO_ROOT / "tests" / "kernels" / "features.cu", backend="cpu")
+    fn = mod.get_function("block_sum_dynamic")
+    x = np.ones(4096, np.float32)
+    t = device.time_kernel(fn, (16,), (256,), (x, np.zeros(16, np.float32), 4096), 1024, repeat=3)
+    assert 0 < t < 10
+
+
+def test_set_timeout_rejects_nonsense():
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        device.set_timeout(0)
+
+
+def test_check_passes_and_prints_one_line(capsys):
+    ref = np.linspace(-1, 1, 101).astype(np.float32)
+    err = helpers.check("same", ref + 1e-7, ref, atol=1e-6)
+    assert err <= 2e-7
+    assert capsys.readouterr().out.startswith("same: max abs error ")
+
+
+def test_check_names_the_worst_index():
+    ref = np.zeros((3, 4), np.float32)
+    out = ref.copy()
+    out[1, 2] = 0.5
+    out[2, 3] = 1e-6
+    with pytest.raises(AssertionError, match=r"bad: 1 of 12 elements.*worst at index \(1, 2\): out=0.5, ref=0.0"):
+        helpers.check("bad", out, ref, atol=1e-5)
+
+
+def test_check_uses_the_relative_part_and_catches_nan_and_shapes():
+    helpers.check("relative", np.array([1000.001]), np.array([1000.0]), atol=0, rtol=1e-5)
+    with pytest.raises(AssertionError, match="nan"):
+        helpers.check("nan", np.array([np.nan, 1.0]), np.array([1.0, 1.0]))
+    with pytest.raises(AssertionError, match=r"shape \(3,\) does not match the reference's \(4,\)"):
+        helpers.check("shape", np.zeros(3), np.zeros(4))
+
+
+def test_notebooks_are_committed_without_outputs():
+    tracked = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
+    notebooks = [REPO_ROOT / p for p in tracked.split()] or sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+    assert notebooks, "no notebooks found"
+    for nb in notebooks:
+        cells = json.loads(nb.read_text())["cells"]
+        dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+        assert not dirty, f"{nb.name}: cells {dirty} have outputs; strip them with `nbstripout {nb}`"
+
+
+def test_no_kernel_uses_what_nvrtc_lacks():
+    for cu in sorted((REPO_ROOT / "cuda").glob("*.cu")) + sorted((REPO_ROOT / "tests" / "kernels").glob("*.cu")):
+        from helpers.cuda_source import strip_comments
+        text = strip_comments(cu.read_text())
+        for banned in ("cuda_runtime.h", "M_PI", "INFINITY", "#include <"):
+            assert banned not in text, f"{cu.name} uses {banned}, which NVRTC does not provide"
