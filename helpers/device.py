@@ -247,11 +247,12 @@ def racecheck(fn: Function, grid, block, args, shared_mem=0, *, atol=0.0, rtol=0
             if not np.all(same):
                 bad = np.argwhere(~np.asarray(same).reshape(ref.shape))
                 idx = tuple(int(i) for i in bad[0])
+                where = idx[0] if len(idx) == 1 else idx
                 order = cpu_backend.SCHEDULE_NAMES[schedule] + (f" (seed {seed})" if schedule == cpu_backend.RANDOM else "")
                 raise RaceError(
                     f"kernel `{fn.name}`: output `{pname}` depends on the order threads run in: running them "
                     f"forward and {order} gives different values at {len(bad)} of {ref.size} elements "
-                    f"(first at index {idx}: {ref[idx]!r} vs {got[idx]!r}). Threads read memory that other threads "
+                    f"(first at index {where}: {ref[idx].item()!r} vs {got[idx].item()!r}). Threads read memory that other threads "
                     f"write without a __syncthreads() (or __syncwarp()) between the write and the read.")
 
 

@@ -191,7 +191,7 @@ class LaunchConfig(ctypes.Structure):
                 ("block", ctypes.c_uint32 * 3), ("shared_mem", ctypes.c_uint64),
                 ("args", ctypes.POINTER(ctypes.c_void_p)), ("workers", ctypes.c_int32), ("plain", ctypes.c_int32),
                 ("seed", ctypes.c_uint64), ("report", ctypes.c_void_p), ("printf_buf", ctypes.c_void_p),
-                ("printf_cap", ctypes.c_uint64)]
+                ("printf_cap", ctypes.c_uint64), ("pool", ctypes.c_void_p), ("pool_regions", ctypes.c_uint64)]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -227,6 +227,7 @@ class Staged:
     data: int = 0
     members: list = None    # (argument index, Param, array)
     writable: bool = False
+    align: int = 16
 
     @property
     def nbytes(self):
@@ -239,7 +240,7 @@ class Staged:
         self.base = _map_shared(self.size)
         ctypes.memset(self.base + GUARD, CANARY, body)
         end = self.base + GUARD + body                     # first byte of the trailing guard
-        self.data = (end - self.nbytes) // 16 * 16          # 16-aligned, as close to the guard as allowed
+        self.data = (end - self.nbytes) // self.align * self.align  # as close to the guard as alignment allows
         _libc.mprotect(self.base, GUARD, PROT_NONE)
         _libc.mprotect(end, GUARD, PROT_NONE)
         if self.nbytes:
@@ -280,6 +281,11 @@ def _stage(kernel, values) -> tuple[list[Staged], dict[int, int]]:
     try:
         for g in groups:
             g.writable = any(not p.const for _, p, _ in g.members)
+            # 16-byte alignment (like cudaMalloc's 256) keeps float4 casts valid; an array whose size is
+            # not a multiple of 16 bytes is aligned to its element size instead, so that the first
+            # element past its end is the first byte of the guard page and faults exactly.
+            if g.nbytes % 16 and not any(p.vector_width > 1 for _, p, _ in g.members):
+                g.align = max(a.itemsize for _, _, a in g.members)
             g.map()
             for i, p, a in g.members:
                 addresses[i] = g.data + (a.__array_interface__["data"][0] - g.lo)
@@ -324,6 +330,25 @@ def _report_memory():
     return mem, Report.from_address(mem), mem + ctypes.sizeof(Report)
 
 
+FIBER_REGION = 256 * 1024  # gpt2cpu::kRegion: one thread's stack, its lowest page a guard
+
+
+def _fiber_pool(regions: int):
+    """Stacks for `regions` fibers, mapped and guarded once and reused by every in-process launch."""
+    have = _shared_state.get("pool")
+    if have is None or have[1] < regions or _shared_state.get("pool_pid") != os.getpid():
+        if have is not None and _shared_state.get("pool_pid") == os.getpid():
+            _libc.munmap(have[0], have[1] * FIBER_REGION)
+        addr = _libc.mmap(None, regions * FIBER_REGION, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | 0x4000,
+                          -1, 0)  # 0x4000: MAP_NORESERVE
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return None, 0
+        for r in range(regions):
+            _libc.mprotect(addr + r * FIBER_REGION, PAGE, PROT_NONE)
+        _shared_state.update(pool=(addr, regions), pool_pid=os.getpid())
+    return _shared_state["pool"]
+
+
 @dataclass
 class LaunchStats:
     seconds: float = 0.0
@@ -355,6 +380,10 @@ def launch(library: Library, kernel, entry: str, grid, block, shared_mem, values
                                report=mem, printf_buf=printf_buf, printf_cap=PRINTF_CAPACITY)
             cfg.grid[:] = grid
             cfg.block[:] = block
+            if not isolate:  # (with isolation a persistent pool would make every fork copy its 2 VMAs per stack)
+                nworkers = min(cfg.workers, grid[0] * grid[1] * grid[2])
+                fibers = 1 if cfg.plain else block[0] * block[1] * block[2]
+                cfg.pool, cfg.pool_regions = _fiber_pool(nworkers * fibers)
             t0 = time.perf_counter()
             if isolate:
                 status = _run_isolated(library, cfg, timeout if timeout is not None else timeout_s, kernel)
@@ -475,6 +504,9 @@ def _describe_failure(library, kernel, report: Report, status: int, groups, shar
         if report.fault_kind == 2:
             return (f"{head}: out-of-bounds access of shared memory, past the end of the {shared_mem} bytes of "
                     f"dynamic shared memory{where}{at}")
+        if report.fault_kind == 3:
+            return (f"{head}: general protection fault{where}{at}: a misaligned vector access (a float4 or float2 "
+                    f"at an address that is not a multiple of 16 or 8 bytes?) or a wildly wrong pointer")
         return f"{head}: {_classify_address(report, groups)}{where}{at}"
     if os.WIFSIGNALED(status):
         return f"{head}: the launch process was killed by signal {os.WTERMSIG(status)} (out of memory?)"
