@@ -127,7 +127,7 @@ def main():
     A = rng.standard_normal((M, K)).astype(np.float32)
     B = rng.standard_normal((K, N)).astype(np.float32)
     C = np.zeros((M, N), np.float32)
-    t_numpy = best_of(lambda: A @ B, repeat=50)
+    t_numpy = best_of(lambda: A @ B, repeat=300)
     loop = c_loop()
     t_loop = best_of(lambda: loop(A, B, C, M, K, N))
     print(f"\n2. tiled matmul M={M} K={K} N={N} ({M // 16 * N // 16} blocks of 16x16 threads)")

@@ -132,6 +132,20 @@ class CompiledModule:
     library: Path
     entries: list[str]
     plain: dict[str, bool]   # entry -> runs as a plain loop (no barrier, no warp collective)
+    stack_bound: int | None  # bytes of stack any thread can need at most (None: unknown, e.g. recursion)
+
+
+def _stack_bound(su_files) -> int | None:
+    """An upper bound of a thread's stack use from gcc's -fstack-usage report: the frames of all the
+    module's functions added up (any call chain uses a subset of them, recursion aside)."""
+    total = 0
+    for su in su_files:
+        for line in su.read_text().splitlines():
+            fields = line.rsplit("\t", 2)
+            if len(fields) != 3 or fields[2] not in ("static", "dynamic,bounded"):
+                return None
+            total += int(fields[1])
+    return total if su_files else None
 
 
 def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModule:
@@ -153,20 +167,25 @@ def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModul
     library = out_dir / f"{path.stem}-{digest}.so"
     waiting = cuda_source.kernels_needing_fibers(path)
     plain = {e: e.partition("<")[0].strip() not in waiting for e in entries}
-    if library.is_file():
-        return CompiledModule(path, library, entries, plain)
+    bound_file = library.with_suffix(".stack")
+    if library.is_file() and bound_file.is_file():
+        text = bound_file.read_text().strip()
+        return CompiledModule(path, library, entries, plain, int(text) if text.isdigit() else None)
     with _compile_lock:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             src_file = Path(tmp) / (path.stem + ".cpp")
             src_file.write_text(body)
             tmp_lib = Path(tmp) / library.name
-            proc = subprocess.run([cxx, *flags, "-x", "c++", str(src_file), "-o", str(tmp_lib)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run([cxx, *flags, "-fstack-usage", "-x", "c++", str(src_file), "-o", str(tmp_lib)],
+                                  capture_output=True, text=True, cwd=tmp)
             if proc.returncode != 0:
                 raise CompileError(f"{path.name} does not compile for the CPU backend:\n{_tidy(proc.stderr)}")
+            bound = _stack_bound(list(Path(tmp).glob("*.su")))
+            (Path(tmp) / "bound").write_text("unknown" if bound is None else str(bound))
+            os.replace(Path(tmp) / "bound", bound_file)
             os.replace(tmp_lib, library)  # atomic: a concurrent compile of the same file is harmless
-    return CompiledModule(path, library, entries, plain)
+    return CompiledModule(path, library, entries, plain, bound)
 
 
 def _tidy(log: str) -> str:
@@ -331,10 +350,13 @@ def _report_memory():
 
 
 FIBER_REGION = 256 * 1024  # gpt2cpu::kRegion: one thread's stack, its lowest page a guard
+LIBC_STACK_MARGIN = 64 * 1024  # for what the module calls outside itself (printf formatting, math)
 
 
 def _fiber_pool(regions: int):
-    """Stacks for `regions` fibers, mapped and guarded once and reused by every in-process launch."""
+    """Stacks for `regions` fibers, one shared mapping reused by every launch whose kernels provably
+    fit their stacks (so no guard pages are needed). Made once in this process, a forked child finds
+    its stacks already there: a launch costs hundreds of page faults and mprotect calls less."""
     have = _shared_state.get("pool")
     if have is None or have[1] < regions or _shared_state.get("pool_pid") != os.getpid():
         if have is not None and _shared_state.get("pool_pid") == os.getpid():
@@ -343,8 +365,6 @@ def _fiber_pool(regions: int):
                           -1, 0)  # 0x4000: MAP_NORESERVE
         if addr in (None, ctypes.c_void_p(-1).value):
             return None, 0
-        for r in range(regions):
-            _libc.mprotect(addr + r * FIBER_REGION, PAGE, PROT_NONE)
         _shared_state.update(pool=(addr, regions), pool_pid=os.getpid())
     return _shared_state["pool"]
 
@@ -380,7 +400,10 @@ def launch(library: Library, kernel, entry: str, grid, block, shared_mem, values
                                report=mem, printf_buf=printf_buf, printf_cap=PRINTF_CAPACITY)
             cfg.grid[:] = grid
             cfg.block[:] = block
-            if not isolate:  # (with isolation a persistent pool would make every fork copy its 2 VMAs per stack)
+            bound = library.compiled.stack_bound
+            if bound is not None and bound + LIBC_STACK_MARGIN <= FIBER_REGION - PAGE:
+                # Stack overflow is impossible: no guard pages, reuse the shared pool. Otherwise
+                # (huge local arrays, recursion) the child maps fresh stacks with guard pages.
                 nworkers = min(cfg.workers, grid[0] * grid[1] * grid[2])
                 fibers = 1 if cfg.plain else block[0] * block[1] * block[2]
                 cfg.pool, cfg.pool_regions = _fiber_pool(nworkers * fibers)

@@ -242,7 +242,8 @@ static uint64_t g_perm_a, g_perm_c;
 static bool g_isolated;
 static char* g_pool;             // all fiber stack regions of the launch
 static size_t g_pool_regions;
-static bool g_pool_guarded;      // the pool came from the parent with its guard pages set
+static bool g_pool_guarded;      // no guard pages to set: the parent's pool, for kernels that
+                                 // provably fit their stacks
 static Fiber* g_desc;            // their descriptors, in the same order
 
 static inline uintptr_t stack_pointer() {
