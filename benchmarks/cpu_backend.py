@@ -1,6 +1,7 @@
 """How fast is the CPU backend? Run: python benchmarks/cpu_backend.py
 
 Prints, for 1 and 2 cores (worker threads):
+0. the fixed cost of a launch (the forked child, the copies of the arrays);
 1. the cost of one fiber switch (a kernel that does nothing but __syncthreads());
 2. a 16x16 shared-memory tiled matmul, M=256 K=128 N=384 (benchmarks/matmul_tiled16.cu), against
    numpy.matmul and against the same arithmetic as a plain C loop compiled with the same flags;
@@ -113,6 +114,9 @@ def main():
     out = np.zeros(64, np.float32)
     rng = np.random.default_rng(0)
 
+    cpu_backend.workers = 1
+    fixed = best_of(lambda: switch((1,), (1,), (out, 0)), repeat=20)
+    print(f"0. fixed cost of a launch (1 block of 1 thread: fork, copies, exit): {fixed * 1e3:.2f} ms\n")
     print("1. fiber switch: a kernel that only calls __syncthreads() 200 times, 16 blocks")
     for workers in (1, 2):
         cpu_backend.workers = workers
