@@ -7,4 +7,10 @@ TINY = os.environ.get("GPT2_TINY", "0") not in ("", "0")
 
 from .checking import check  # noqa: E402
 
-__all__ = ["TINY", "check"]
+
+def ceil_div(a: int, b: int) -> int:
+    """Blocks needed to cover a items with b per block."""
+    return -(-int(a) // int(b))
+
+
+__all__ = ["TINY", "check", "ceil_div"]

@@ -1,0 +1,86 @@
+"""Benchmark tables for the kernel notebooks: time, achieved bandwidth and FLOP rate per version.
+
+On a GPU the times come from CUDA events and each rate is also shown as a fraction of an H100's
+limits (3.35 TB/s of HBM bandwidth, 67 TFLOP/s of fp32), computed from a bytes-and-FLOPs model of
+the kernel that the notebook states. On the CPU backend the times are emulation times: they show the
+cost of running CUDA semantics on a CPU and say nothing about a GPU, and the table says so.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import device
+
+H100_BANDWIDTH = 3.35e12   # bytes/s, H100 SXM HBM3
+H100_FP32 = 67e12          # FLOP/s, H100 SXM fp32 (non-tensor-core)
+
+
+@dataclass
+class Measurement:
+    name: str
+    seconds: float
+    bytes: float | None = None   # bytes the kernel must move at least (the model, not a counter)
+    flops: float | None = None   # floating-point operations it must do
+
+    @property
+    def gbps(self):
+        return None if self.bytes is None else self.bytes / self.seconds / 1e9
+
+    @property
+    def gflops(self):
+        return None if self.flops is None else self.flops / self.seconds / 1e9
+
+
+def measure(name, fn, grid, block, args, shared_mem=0, *, bytes=None, flops=None, repeat=None) -> Measurement:
+    """Time one kernel launch (median of `repeat`, fewer on the CPU backend, which is slow)."""
+    repeat = repeat or (20 if device.name == "cupy" else 3)
+    return Measurement(name, device.time_kernel(fn, grid, block, args, shared_mem, repeat=repeat), bytes, flops)
+
+
+def measure_call(name, call, *, bytes=None, flops=None, repeat=None) -> Measurement:
+    """Time a Python callable that launches GPU work (cupy.matmul, a sequence of launches...)."""
+    repeat = repeat or (20 if device.name == "cupy" else 3)
+    call()  # warm-up
+    times = []
+    for _ in range(repeat):
+        if device.name == "cupy":
+            start, stop = device.xp.cuda.Event(), device.xp.cuda.Event()
+            start.record()
+            call()
+            stop.record()
+            stop.synchronize()
+            times.append(device.xp.cuda.get_elapsed_time(start, stop) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+    return Measurement(name, float(np.median(times)), bytes, flops)
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def table(measurements: list[Measurement], title: str = "") -> str:
+    """Print (and return) the table. GPU: % of H100 limits; CPU backend: labelled as emulation."""
+    gpu = device.name == "cupy"
+    lines = [title] if title else []
+    lines.append("GPU times (CUDA events); % of H100 SXM limits: 3.35 TB/s, 67 TFLOP/s fp32" if gpu else
+                 "CPU backend: EMULATION times (CUDA semantics on a CPU), not GPU performance")
+    head = f"{'version':<34}{'time':>12}{'GB/s':>10}{'GFLOP/s':>10}"
+    if gpu:
+        head += f"{'% BW':>8}{'% FP32':>8}"
+    lines += [head, "-" * len(head)]
+    for m in measurements:
+        row = f"{m.name:<34}{m.seconds * 1e3:>9.3f} ms{_fmt(m.gbps, '>10.2f')}{_fmt(m.gflops, '>10.2f')}"
+        if gpu:
+            bw = None if m.bytes is None else 100 * m.bytes / m.seconds / H100_BANDWIDTH
+            fp = None if m.flops is None else 100 * m.flops / m.seconds / H100_FP32
+            row += f"{_fmt(bw, '>8.1f')}{_fmt(fp, '>8.1f')}"
+        lines.append(row)
+    text = "\n".join(lines)
+    print(text)
+    return text
