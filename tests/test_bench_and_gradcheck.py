@@ -1,0 +1,34 @@
+"""The measuring and gradient-checking helpers the layer notebooks rely on."""
+import numpy as np
+import pytest
+
+from helpers import bench, device, gradcheck
+from helpers.cuda_source import REPO_ROOT
+
+
+def test_numerical_gradient_of_a_known_function():
+    x = np.linspace(-1, 1, 7)
+    dout = np.arange(7, dtype=np.float64)
+    grad = gradcheck.numerical_gradient(lambda v: v**3, x, dout)
+    np.testing.assert_allclose(grad, 3 * x**2 * dout, rtol=1e-7, atol=1e-9)
+    gradcheck.assert_gradient("cube", 3 * x**2 * dout, grad)
+    with pytest.raises(AssertionError, match=r"square: backward differs .* at \(6,\)"):
+        gradcheck.assert_gradient("square", 3 * x**2 * dout + np.eye(7)[6], grad)
+
+
+def test_numerical_gradient_refuses_float32():
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck.numerical_gradient(lambda v: v, np.zeros(3, np.float32), np.zeros(3, np.float32))
+
+
+def test_bench_table_measures_and_labels_emulation(capsys):
+    fn = device.load_module(REPO_ROOT / "tests" / "kernels" / "features.cu", backend="cpu").get_function(
+        "block_sum_dynamic")
+    x = np.ones(2048, np.float32)
+    m = bench.measure("block sum", fn, (8,), (256,), (x, np.zeros(8, np.float32), 2048), 1024,
+                      bytes=4 * 2048, flops=2048, repeat=2)
+    assert m.seconds > 0 and m.gbps == pytest.approx(4 * 2048 / m.seconds / 1e9)
+    c = bench.measure_call("numpy sum", lambda: x.sum(), bytes=4 * 2048, repeat=2)
+    text = bench.table([m, c], title="sums")
+    assert ("EMULATION" in text) == (device.name == "cpu") and "block sum" in text and "numpy sum" in text
+    assert capsys.readouterr().out.startswith("sums")
