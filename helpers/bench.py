@@ -61,7 +61,8 @@ def measure_call(name, call, *, bytes=None, flops=None, repeat=None) -> Measurem
 
 
 def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    """format(v, spec), or a dash in the same width when there is no value."""
+    return format("-", spec.split(".")[0].rstrip("df") or "") if v is None else format(v, spec)
 
 
 def table(measurements: list[Measurement], title: str = "") -> str:
@@ -70,12 +71,13 @@ def table(measurements: list[Measurement], title: str = "") -> str:
     lines = [title] if title else []
     lines.append("GPU times (CUDA events); % of H100 SXM limits: 3.35 TB/s, 67 TFLOP/s fp32" if gpu else
                  "CPU backend: EMULATION times (CUDA semantics on a CPU), not GPU performance")
-    head = f"{'version':<34}{'time':>12}{'GB/s':>10}{'GFLOP/s':>10}"
+    width = max([34] + [len(m.name) + 2 for m in measurements])
+    head = f"{'version':<{width}}{'time':>12}{'GB/s':>10}{'GFLOP/s':>10}"
     if gpu:
         head += f"{'% BW':>8}{'% FP32':>8}"
     lines += [head, "-" * len(head)]
     for m in measurements:
-        row = f"{m.name:<34}{m.seconds * 1e3:>9.3f} ms{_fmt(m.gbps, '>10.2f')}{_fmt(m.gflops, '>10.2f')}"
+        row = f"{m.name:<{width}}{m.seconds * 1e3:>9.3f} ms{_fmt(m.gbps, '>10.2f')}{_fmt(m.gflops, '>10.2f')}"
         if gpu:
             bw = None if m.bytes is None else 100 * m.bytes / m.seconds / H100_BANDWIDTH
             fp = None if m.flops is None else 100 * m.flops / m.seconds / H100_FP32

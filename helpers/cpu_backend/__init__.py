@@ -2,10 +2,11 @@
 semantics by the runtime in `gpt2cpu.h` (read its top comment for the execution model).
 
 A launch:
-1. copies each array argument into its own shared-memory buffer with an inaccessible guard page
-   right after its last element (and one before its first), so out-of-bounds accesses fault;
-   `const` arrays are mapped read-only;
-2. forks a child process that runs the blocks on all cores and exits;
+1. copies each array argument into the shared arena (arena.py), right against inaccessible guard
+   bytes after its last element (and before its first), so out-of-bounds accesses fault; `const`
+   arrays are read-only;
+2. has the launcher process (launcher.cpp) fork a child that runs the blocks on all cores and exits
+   (without the launcher, this process forks itself);
 3. waits for the child (with a timeout), turns any fault it reported into a KernelError that names
    the kernel, the argument, the thread, the block and the source line;
 4. copies the arrays the kernel may write back into the caller's arrays (only if it succeeded),
@@ -14,11 +15,8 @@ A launch:
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import mmap
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -33,9 +31,12 @@ import numpy as np
 
 from .. import cuda_source
 from ..errors import CompileError, KernelError
+from . import launcher as _launcher
+from .abi import LaunchConfig, Report
+from .arena import GUARD, MAP_ANONYMOUS, MAP_NORESERVE, MAP_SHARED, PAGE, Arena, _libc, mmap_or_raise, stage
 
 HEADER = Path(__file__).with_name("gpt2cpu.h")
-PAGE = mmap.PAGESIZE
+ABI_HEADER = Path(__file__).with_name("gpt2cpu_abi.h")
 FORWARD, REVERSE, RANDOM = 0, 1, 2
 SCHEDULE_NAMES = {FORWARD: "forward", REVERSE: "reverse", RANDOM: "random"}
 PRINTF_CAPACITY = 1 << 20
@@ -162,7 +163,7 @@ def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModul
              f"-I{path.parent}", f"-I{cuda_source.CUDA_DIR}", *defines, "-include", str(HEADER)]
     if context_switch() == "ucontext":
         flags.append("-DGPT2CPU_USE_UCONTEXT=1")
-    digest = cuda_source.source_digest(path, body + HEADER.read_text() + cxx + " ".join(flags))
+    digest = cuda_source.source_digest(path, body + HEADER.read_text() + ABI_HEADER.read_text() + cxx + " ".join(flags))
     out_dir = cache_dir()
     library = out_dir / f"{path.stem}-{digest}.so"
     waiting = cuda_source.kernels_needing_fibers(path)
@@ -194,128 +195,6 @@ def _tidy(log: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# ctypes mirrors of gpt2cpu::Report and gpt2cpu::LaunchConfig
-# ------------------------------------------------------------------------------------------------
-class Report(ctypes.Structure):
-    _fields_ = [("status", ctypes.c_int32), ("signo", ctypes.c_int32), ("fault_kind", ctypes.c_int32),
-                ("access", ctypes.c_int32), ("addr", ctypes.c_uint64), ("pc", ctypes.c_uint64),
-                ("module_base", ctypes.c_uint64), ("has_thread", ctypes.c_int32),
-                ("block_idx", ctypes.c_int32 * 3), ("thread_idx", ctypes.c_int32 * 3), ("pad", ctypes.c_int32),
-                ("printf_used", ctypes.c_uint64), ("printf_dropped", ctypes.c_uint64),
-                ("switches", ctypes.c_uint64), ("message", ctypes.c_char * 2048)]
-
-
-class LaunchConfig(ctypes.Structure):
-    _fields_ = [("entry", ctypes.c_int32), ("schedule", ctypes.c_int32), ("grid", ctypes.c_uint32 * 3),
-                ("block", ctypes.c_uint32 * 3), ("shared_mem", ctypes.c_uint64),
-                ("args", ctypes.POINTER(ctypes.c_void_p)), ("workers", ctypes.c_int32), ("plain", ctypes.c_int32),
-                ("seed", ctypes.c_uint64), ("report", ctypes.c_void_p), ("printf_buf", ctypes.c_void_p),
-                ("printf_cap", ctypes.c_uint64), ("pool", ctypes.c_void_p), ("pool_regions", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
-MAP_SHARED, MAP_ANONYMOUS = 0x01, (0x20 if sys.platform.startswith("linux") else 0x1000)
-
-
-def _map_shared(nbytes: int) -> int:
-    addr = _libc.mmap(None, nbytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
-    if addr in (None, ctypes.c_void_p(-1).value):
-        raise MemoryError(f"could not map {nbytes} bytes of shared memory for a CPU-backend launch")
-    return addr
-
-
-# ------------------------------------------------------------------------------------------------
-# Staging arrays behind guard pages
-# ------------------------------------------------------------------------------------------------
-CANARY = 0xFF  # unused bytes around an array: NaN as float, so stray reads show
-GUARD = 64 * 1024  # inaccessible bytes on each side of an array (address space only, no memory)
-
-
-@dataclass
-class Staged:
-    """One buffer: the memory of one array (or of several arrays that overlap, like x and x[1:])."""
-    lo: int                 # the caller's memory [lo, hi)
-    hi: int
-    base: int = 0           # mapping: [GUARD][lead slack][data][trail slack][GUARD]
-    size: int = 0
-    data: int = 0
-    members: list = None    # (argument index, Param, array)
-    writable: bool = False
-    align: int = 16
-
-    @property
-    def nbytes(self):
-        return self.hi - self.lo
-
-    def map(self):
-        data_span = -(-max(self.nbytes, 1) // 16) * 16
-        body = -(-(data_span + 16) // PAGE) * PAGE
-        self.size = body + 2 * GUARD
-        self.base = _map_shared(self.size)
-        ctypes.memset(self.base + GUARD, CANARY, body)
-        end = self.base + GUARD + body                     # first byte of the trailing guard
-        self.data = (end - self.nbytes) // self.align * self.align  # as close to the guard as alignment allows
-        _libc.mprotect(self.base, GUARD, PROT_NONE)
-        _libc.mprotect(end, GUARD, PROT_NONE)
-        if self.nbytes:
-            ctypes.memmove(self.data, self.lo, self.nbytes)
-        if not self.writable:
-            _libc.mprotect(self.base + GUARD, body, PROT_READ)
-
-    def slack_written(self) -> bool:
-        end = self.base + self.size - GUARD
-        lead = ctypes.string_at(self.base + GUARD, self.data - self.base - GUARD)
-        trail = ctypes.string_at(self.data + self.nbytes, end - self.data - self.nbytes)
-        return any(b != CANARY for b in lead + trail)
-
-    def copy_back(self):
-        if self.writable and self.nbytes:
-            ctypes.memmove(self.lo, self.data, self.nbytes)
-
-    def unmap(self):
-        if self.base:
-            _libc.munmap(self.base, self.size)
-            self.base = 0
-
-
-def _stage(kernel, values) -> tuple[list[Staged], dict[int, int]]:
-    """Group the array arguments by overlapping memory; returns buffers and arg index -> address."""
-    arrays = [(i, p, a) for i, (p, a) in enumerate(zip(kernel.params, values)) if p.pointer]
-    spans = sorted(((a.__array_interface__["data"][0], a.__array_interface__["data"][0] + a.nbytes, i, p, a)
-                    for i, p, a in arrays), key=lambda t: t[0])
-    groups: list[Staged] = []
-    for lo, hi, i, p, a in spans:
-        g = groups[-1] if groups else None
-        if g is not None and lo < g.hi and hi > g.lo and a.nbytes and g.nbytes:
-            g.hi = max(g.hi, hi)
-            g.members.append((i, p, a))
-        else:
-            groups.append(Staged(lo, hi, members=[(i, p, a)]))
-    addresses = {}
-    try:
-        for g in groups:
-            g.writable = any(not p.const for _, p, _ in g.members)
-            # 16-byte alignment (like cudaMalloc's 256) keeps float4 casts valid; an array whose size is
-            # not a multiple of 16 bytes is aligned to its element size instead, so that the first
-            # element past its end is the first byte of the guard page and faults exactly.
-            if g.nbytes % 16 and not any(p.vector_width > 1 for _, p, _ in g.members):
-                g.align = max(a.itemsize for _, _, a in g.members)
-            g.map()
-            for i, p, a in g.members:
-                addresses[i] = g.data + (a.__array_interface__["data"][0] - g.lo)
-    except BaseException:
-        for g in groups:
-            g.unmap()
-        raise
-    return groups, addresses
-
-
-# ------------------------------------------------------------------------------------------------
 # Running
 # ------------------------------------------------------------------------------------------------
 class Library:
@@ -337,36 +216,41 @@ class Library:
 
 
 _launch_lock = threading.Lock()
-_shared_state = {}
+_state: dict = {}
+REPORT_BYTES = ctypes.sizeof(Report)
+FIBER_REGION = 256 * 1024      # gpt2cpu::kRegion: one thread's stack, its lowest page a guard
+LIBC_STACK_MARGIN = 64 * 1024  # for what a module calls outside itself (printf formatting, math)
 
 
-def _report_memory():
-    """One Report + printf buffer in shared memory, reused by every launch of this process."""
-    if "mem" not in _shared_state or _shared_state["pid"] != os.getpid():
-        size = ctypes.sizeof(Report) + PRINTF_CAPACITY
-        _shared_state.update(mem=_map_shared(size), pid=os.getpid())
-    mem = _shared_state["mem"]
-    return mem, Report.from_address(mem), mem + ctypes.sizeof(Report)
+def _arena() -> Arena:
+    """This process's arena (a forked Python process makes its own)."""
+    if _state.get("arena_pid") != os.getpid():
+        _state.update(arena=Arena(REPORT_BYTES + PRINTF_CAPACITY), arena_pid=os.getpid(), launcher=None, pool=None)
+    return _state["arena"]
 
 
-FIBER_REGION = 256 * 1024  # gpt2cpu::kRegion: one thread's stack, its lowest page a guard
-LIBC_STACK_MARGIN = 64 * 1024  # for what the module calls outside itself (printf formatting, math)
+def _get_launcher():
+    """The launcher process, started (and compiled) on first use; None where it cannot work."""
+    l = _state.get("launcher")
+    if l is not None and l.alive():
+        return l
+    if l is not None:
+        l.close()
+    arena = _arena()
+    if arena.fd is None or os.environ.get("GPT2_CPU_LAUNCHER", "1") == "0":
+        return None
+    _state["launcher"] = _launcher.Launcher(_launcher.build(find_compiler(), cache_dir()), arena)
+    return _state["launcher"]
 
 
 def _fiber_pool(regions: int):
-    """Stacks for `regions` fibers, one shared mapping reused by every launch whose kernels provably
-    fit their stacks (so no guard pages are needed). Made once in this process, a forked child finds
-    its stacks already there: a launch costs hundreds of page faults and mprotect calls less."""
-    have = _shared_state.get("pool")
-    if have is None or have[1] < regions or _shared_state.get("pool_pid") != os.getpid():
-        if have is not None and _shared_state.get("pool_pid") == os.getpid():
+    """Unguarded stacks for in-process launches of kernels that provably fit them, mapped once."""
+    have = _state.get("pool")
+    if have is None or have[1] < regions:
+        if have is not None:
             _libc.munmap(have[0], have[1] * FIBER_REGION)
-        addr = _libc.mmap(None, regions * FIBER_REGION, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | 0x4000,
-                          -1, 0)  # 0x4000: MAP_NORESERVE
-        if addr in (None, ctypes.c_void_p(-1).value):
-            return None, 0
-        _shared_state.update(pool=(addr, regions), pool_pid=os.getpid())
-    return _shared_state["pool"]
+        _state["pool"] = (mmap_or_raise(regions * FIBER_REGION, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE), regions)
+    return _state["pool"]
 
 
 @dataclass
@@ -382,80 +266,80 @@ def launch(library: Library, kernel, entry: str, grid, block, shared_mem, values
            schedule=FORWARD, seed=0, n_workers=None, timeout=None) -> None:
     """Run one launch (arguments already checked). Raises KernelError on any fault."""
     with _launch_lock:
-        groups, addresses = _stage(kernel, values)
-        try:
-            holders, pointers = [], (ctypes.c_void_p * max(1, len(values)))()
-            for i, (p, v) in enumerate(zip(kernel.params, values)):
-                if p.pointer:
-                    h = ctypes.c_void_p(addresses[i])
-                else:
-                    h = ctypes.create_string_buffer(np.asarray(v).tobytes(), 16)
-                holders.append(h)
-                pointers[i] = ctypes.addressof(h)
-            mem, report, printf_buf = _report_memory()
-            ctypes.memset(mem, 0, ctypes.sizeof(Report))
-            cfg = LaunchConfig(entry=library.compiled.entries.index(entry), schedule=schedule,
-                               shared_mem=shared_mem, args=pointers,
-                               workers=n_workers or workers, plain=int(library.compiled.plain[entry]), seed=seed,
-                               report=mem, printf_buf=printf_buf, printf_cap=PRINTF_CAPACITY)
-            cfg.grid[:] = grid
-            cfg.block[:] = block
-            bound = library.compiled.stack_bound
-            if bound is not None and bound + LIBC_STACK_MARGIN <= FIBER_REGION - PAGE:
-                # Stack overflow is impossible: no guard pages, reuse the shared pool. Otherwise
-                # (huge local arrays, recursion) the child maps fresh stacks with guard pages.
-                nworkers = min(cfg.workers, grid[0] * grid[1] * grid[2])
-                fibers = 1 if cfg.plain else block[0] * block[1] * block[2]
-                cfg.pool, cfg.pool_regions = _fiber_pool(nworkers * fibers)
-            t0 = time.perf_counter()
-            if isolate:
-                status = _run_isolated(library, cfg, timeout if timeout is not None else timeout_s, kernel)
+        arena = _arena()
+        arena.reset()
+        report = Report.from_address(arena.base)
+        ctypes.memset(arena.base, 0, REPORT_BYTES)
+        groups, offsets = stage(kernel, values, arena)
+        protects = [p for g in groups for p in g.protections()]
+        scalars = [(p.pointer, offsets[i] if p.pointer else np.asarray(v).tobytes())
+                   for i, (p, v) in enumerate(zip(kernel.params, values))]
+        cfg = LaunchConfig(entry=library.compiled.entries.index(entry), schedule=schedule, shared_mem=shared_mem,
+                           workers=n_workers or workers, plain=int(library.compiled.plain[entry]), seed=seed,
+                           printf_cap=PRINTF_CAPACITY)
+        cfg.grid[:] = grid
+        cfg.block[:] = block
+        # Kernels whose stack use gcc's -fstack-usage bounds run on a reused, unguarded stack pool;
+        # others (huge local arrays, recursion) get fresh stacks with guard pages in the child.
+        bound = library.compiled.stack_bound
+        regions = 0
+        if bound is not None and bound + LIBC_STACK_MARGIN <= FIBER_REGION - PAGE:
+            regions = min(cfg.workers, grid[0] * grid[1] * grid[2]) * (1 if cfg.plain else block[0] * block[1] * block[2])
+        timeout = timeout if timeout is not None else timeout_s
+        t0 = time.perf_counter()
+        runner = _get_launcher() if isolate else None
+        if runner is not None:
+            status = runner.run(library.compiled.library, cfg, 0, REPORT_BYTES, scalars, protects, regions, timeout,
+                                kernel.name)
+        else:
+            holders = [ctypes.c_void_p(arena.base + v) if is_ptr else ctypes.create_string_buffer(v, 16)
+                       for is_ptr, v in scalars]
+            pointers = (ctypes.c_void_p * max(1, len(holders)))(*[ctypes.addressof(h) for h in holders])
+            cfg.args = pointers
+            cfg.report = arena.base
+            cfg.printf_buf = arena.base + REPORT_BYTES
+            if regions:
+                cfg.pool, cfg.pool_regions = _fiber_pool(regions)
+            arena.protect_here(protects)
+            if isolate:  # no launcher here (not Linux): fork this process
+                status = _run_forked(library, cfg, timeout, kernel)
             else:
                 status = library.lib.gpt2cpu_launch(ctypes.byref(cfg), 0)
-            last_launch.seconds = time.perf_counter() - t0
-            last_launch.switches = report.switches
-            _print_kernel_output(report, printf_buf)
-            if report.status != 0 or status != 0:
-                raise KernelError(_describe_failure(library, kernel, report, status, groups, shared_mem))
-            for g in groups:
-                if g.slack_written():
-                    names = ", ".join(f"`{p.name}`" for _, p, _ in g.members)
-                    raise KernelError(f"kernel `{kernel.name}`: out-of-bounds write just outside {names} (found after "
-                                      f"the launch in the bytes beside the array, so the thread is unknown). "
-                                      f"Check the index bounds of every write to it.")
-            for g in groups:
-                g.copy_back()
-        finally:
-            for g in groups:
-                g.unmap()
+        last_launch.seconds = time.perf_counter() - t0
+        last_launch.switches = report.switches
+        arena.reset()  # undoes protections applied here
+        _print_kernel_output(report, arena.base + REPORT_BYTES)
+        if report.status != 0 or status != 0:
+            raise KernelError(_describe_failure(library, kernel, report, status, groups, shared_mem, arena))
+        for g in groups:
+            if g.slack_written(arena):
+                names = ", ".join(f"`{p.name}`" for _, p, _ in g.members)
+                raise KernelError(f"kernel `{kernel.name}`: out-of-bounds write just outside {names} (found after "
+                                  f"the launch in the bytes beside the array, so the thread is unknown). "
+                                  f"Check the index bounds of every write to it.")
+        for g in groups:
+            g.copy_back(arena)
 
 
-def _run_isolated(library: Library, cfg, timeout: float, kernel) -> int:
+def _run_forked(library: Library, cfg, timeout: float, kernel) -> int:
+    """Fallback without the launcher: fork this process for the launch and wait for it."""
     pid = library.lib.gpt2cpu_launch(ctypes.byref(cfg), 1)
     if pid < 0:
         raise KernelError(f"kernel `{kernel.name}`: could not start the launch process: {os.strerror(-pid)}")
     deadline = time.monotonic() + timeout
     try:
-        fd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
-    except OSError:
-        fd = None
-    try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 return status
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 raise KernelError(
                     f"kernel `{kernel.name}` ran past the timeout of {timeout:g} s and was stopped: an endless loop "
                     f"(a while loop whose condition never changes?), or a launch too large for the CPU backend. "
                     f"helpers.device.set_timeout(seconds) raises the limit.")
-            if fd is not None:
-                select.select([fd], [], [], min(left, 0.5))
-            else:
-                time.sleep(min(left, 0.0005))
+            time.sleep(0.0002)
     except BaseException:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -463,9 +347,6 @@ def _run_isolated(library: Library, cfg, timeout: float, kernel) -> int:
         except (ProcessLookupError, ChildProcessError):
             pass
         raise
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def _print_kernel_output(report: Report, printf_buf: int) -> None:
@@ -503,7 +384,7 @@ def _source_line(library: Library, report: Report) -> str:
     return ""
 
 
-def _describe_failure(library, kernel, report: Report, status: int, groups, shared_mem: int) -> str:
+def _describe_failure(library, kernel, report: Report, status: int, groups, shared_mem: int, arena) -> str:
     head = f"kernel `{kernel.name}` ({library.compiled.path.name})"
     where = ""
     if report.has_thread:
@@ -530,17 +411,19 @@ def _describe_failure(library, kernel, report: Report, status: int, groups, shar
         if report.fault_kind == 3:
             return (f"{head}: general protection fault{where}{at}: a misaligned vector access (a float4 or float2 "
                     f"at an address that is not a multiple of 16 or 8 bytes?) or a wildly wrong pointer")
-        return f"{head}: {_classify_address(report, groups)}{where}{at}"
+        return f"{head}: {_classify_address(report, groups, arena)}{where}{at}"
     if os.WIFSIGNALED(status):
         return f"{head}: the launch process was killed by signal {os.WTERMSIG(status)} (out of memory?)"
     return f"{head}: the launch process failed (status {status})"
 
 
-def _classify_address(report: Report, groups) -> str:
-    addr = report.addr
+def _classify_address(report: Report, groups, arena) -> str:
     access = {0: "read", 1: "write"}.get(report.access, "access")
+    addr = report.addr
+    base = report.arena_base or arena.base   # where the faulting process had the arena
     for g in groups:
-        if g.base <= addr < g.base + g.size:
+        if base + g.offset <= addr < base + g.offset + g.body + 2 * GUARD:
+            addr = addr - base                 # arena offsets from here on
             names = " / ".join(f"`{p.name}` (argument {i})" for i, p, _ in g.members)
             _, p, a = g.members[0]
             item = a.itemsize or 1

@@ -92,48 +92,11 @@ static inline int3 make_int3(int x, int y, int z) { return int3{x, y, z}; }
 static inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }
 
 // ---------------------------------------------------------------------------------------------
-// Shared layout with the Python side (helpers/cpu_backend/__init__.py mirrors these with ctypes)
+// Shared layout with the launcher and the Python side
 // ---------------------------------------------------------------------------------------------
+#include "gpt2cpu_abi.h"
+
 namespace gpt2cpu {
-
-enum Schedule : int32_t { FORWARD = 0, REVERSE = 1, RANDOM = 2 };
-enum Status : int32_t { OK = 0, SIGNAL = 1, RUNTIME_ERROR = 2 };
-enum FaultKind : int32_t { FAULT_MEMORY = 0, FAULT_STACK_OVERFLOW = 1, FAULT_SHARED_OOB = 2, FAULT_GENERAL_PROTECTION = 3 };
-
-struct Report {
-    int32_t status;          // Status
-    int32_t signo;           // for SIGNAL
-    int32_t fault_kind;      // FaultKind, for SIGNAL
-    int32_t access;          // -1 unknown, 0 read, 1 write
-    uint64_t addr;           // faulting address
-    uint64_t pc;             // program counter at the fault
-    uint64_t module_base;    // load address of this module (to map pc to a source line)
-    int32_t has_thread;      // 1 when block_idx/thread_idx are known
-    int32_t block_idx[3];
-    int32_t thread_idx[3];
-    int32_t pad;
-    uint64_t printf_used;    // bytes of printf records written
-    uint64_t printf_dropped; // printf calls that did not fit
-    uint64_t switches;       // fiber context switches (statistics)
-    char message[2048];      // for RUNTIME_ERROR
-};
-
-struct LaunchConfig {
-    int32_t entry;           // index into the module's entry table
-    int32_t schedule;        // Schedule of threads in a block and of blocks
-    uint32_t grid[3];
-    uint32_t block[3];
-    uint64_t shared_mem;     // dynamic shared memory per block, bytes
-    void** args;             // one pointer per kernel parameter, to the parameter's value
-    int32_t workers;         // OS threads to spread blocks over
-    int32_t plain;           // 1: no barrier or warp collective, run threads as a loop
-    uint64_t seed;           // for RANDOM
-    Report* report;          // in memory shared with the parent
-    char* printf_buf;        // in memory shared with the parent
-    uint64_t printf_cap;
-    char* pool;              // fiber stack regions prepared by the parent (guard pages set), or null
-    uint64_t pool_regions;
-};
 
 typedef void (*EntryFn)(void** args);
 extern EntryFn entry_table[];
@@ -1187,24 +1150,31 @@ GPT2CPU_EXPORT const char* gpt2cpu_entry_name(int i) { return gpt2cpu::entry_nam
 GPT2CPU_EXPORT int gpt2cpu_sizeof_report() { return (int)sizeof(gpt2cpu::Report); }
 GPT2CPU_EXPORT int gpt2cpu_sizeof_config() { return (int)sizeof(gpt2cpu::LaunchConfig); }
 
-// Run a launch. isolate=1: in a forked child (returns its pid, or -errno); the caller waits for it
-// and reads the report. isolate=0: here, in the calling thread (returns 0 or 2 on a runtime error);
-// a memory fault then kills the process, so that mode is for benchmarks of trusted kernels only.
-GPT2CPU_EXPORT long gpt2cpu_launch(gpt2cpu::LaunchConfig* L, int isolate) {
+// Run a launch. isolate=0: here, in the calling thread (returns 0, or 2 on a runtime error; a memory
+// fault kills the process, so that mode is for benchmarks of trusted kernels only). isolate=1: in a
+// forked child (returns its pid, or -errno; the caller waits for it and reads the report).
+// isolate=2: the caller is already a disposable child (the launcher's): run with fault handlers and
+// exit with the result.
+[[noreturn]] static void gpt2cpu_run_as_child(gpt2cpu::LaunchConfig* L) {
     using namespace gpt2cpu;
-    if (!isolate) {
-        g_isolated = false;
-        return run_launch(L);
-    }
-    pid_t pid = fork();
-    if (pid < 0) return -errno;
-    if (pid > 0) return pid;
 #if defined(__linux__)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
     g_isolated = true;
     g_launch = L;
     install_fault_handlers();
-    int rc = run_launch(L);
-    _exit(rc);
+    _exit(run_launch(L));
+}
+
+GPT2CPU_EXPORT long gpt2cpu_launch(gpt2cpu::LaunchConfig* L, int isolate) {
+    using namespace gpt2cpu;
+    if (isolate == 0) {
+        g_isolated = false;
+        return run_launch(L);
+    }
+    if (isolate == 2) gpt2cpu_run_as_child(L);
+    pid_t pid = fork();
+    if (pid < 0) return -errno;
+    if (pid == 0) gpt2cpu_run_as_child(L);
+    return pid;
 }

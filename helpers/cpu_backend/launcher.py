@@ -1,0 +1,130 @@
+"""The client of launcher.cpp: a small helper process whose forks run the launches (see its top
+comment for why). Started on first use, restarted if it dies; it exits with this process."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import CompileError, KernelError
+from .abi import LaunchConfig
+
+SOURCE = Path(__file__).with_name("launcher.cpp")
+ABI = Path(__file__).with_name("gpt2cpu_abi.h")
+MAGIC = 0x67707432
+MAX_ARGS, MAX_PROTECTS = 64, 256
+
+
+class Arg(ctypes.Structure):
+    _fields_ = [("is_pointer", ctypes.c_uint32), ("size", ctypes.c_uint32), ("offset", ctypes.c_uint64),
+                ("bytes", ctypes.c_uint8 * 16)]
+
+
+class Protect(ctypes.Structure):
+    _fields_ = [("offset", ctypes.c_uint64), ("length", ctypes.c_uint64), ("prot", ctypes.c_int32),
+                ("pad", ctypes.c_int32)]
+
+
+class Request(ctypes.Structure):
+    _fields_ = [("magic", ctypes.c_uint32), ("quit", ctypes.c_uint32), ("library", ctypes.c_char * 1024),
+                ("cfg", LaunchConfig), ("report_offset", ctypes.c_uint64), ("printf_offset", ctypes.c_uint64),
+                ("pool_regions", ctypes.c_uint64), ("nargs", ctypes.c_uint32), ("nprotects", ctypes.c_uint32),
+                ("args", Arg * MAX_ARGS), ("protects", Protect * MAX_PROTECTS)]
+
+
+def build(compiler: str, out_dir: Path) -> Path:
+    """Compile launcher.cpp once (cached by its content and the compiler)."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + ABI.read_bytes() + compiler.encode()).hexdigest()[:16]
+    exe = out_dir / f"launcher-{digest}"
+    if exe.is_file():
+        return exe
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tmp_exe = Path(tmp) / exe.name
+        proc = subprocess.run([compiler, "-std=c++17", "-O2", f"-I{SOURCE.parent}", str(SOURCE), "-o", str(tmp_exe),
+                               "-ldl"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CompileError(f"the CPU backend's launcher does not compile:\n{proc.stderr[-3000:]}")
+        os.replace(tmp_exe, exe)
+    return exe
+
+
+class Launcher:
+    def __init__(self, exe: Path, arena):
+        self.arena = arena
+        ours, theirs = socket.socketpair()
+        self.sock = ours
+        self.proc = subprocess.Popen([str(exe), str(theirs.fileno()), str(arena.fd), str(arena.SIZE)],
+                                     pass_fds=(theirs.fileno(), arena.fd), stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.pid = os.getpid()
+        self.request = Request()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.pid == os.getpid()
+
+    def close(self):
+        try:
+            self.sock.close()
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except Exception:
+            pass
+
+    def _recv(self, nbytes: int, timeout: float | None) -> bytes | None:
+        """nbytes from the launcher; None on timeout; KernelError if it died."""
+        data = b""
+        while len(data) < nbytes:
+            if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
+                return None
+            chunk = self.sock.recv(nbytes - len(data))
+            if not chunk:
+                raise KernelError("the CPU backend's launcher process died; the next launch starts a new one")
+            data += chunk
+        return data
+
+    def run(self, library: Path, cfg, report_offset, printf_offset, args, protects, pool_regions,
+            timeout: float, kernel_name: str) -> int:
+        """Run one launch in a fork of the launcher; returns its wait status."""
+        r = self.request
+        r.magic, r.quit = MAGIC, 0
+        r.library = str(library).encode()
+        r.cfg = cfg
+        r.report_offset, r.printf_offset, r.pool_regions = report_offset, printf_offset, pool_regions
+        if len(args) > MAX_ARGS or len(protects) > MAX_PROTECTS:
+            raise KernelError(f"kernel `{kernel_name}`: more than {MAX_ARGS} arguments or {MAX_PROTECTS // 3} arrays")
+        r.nargs, r.nprotects = len(args), len(protects)
+        for i, (is_pointer, value) in enumerate(args):
+            a = r.args[i]
+            a.is_pointer = int(is_pointer)
+            if is_pointer:
+                a.offset = value
+            else:
+                a.size = len(value)
+                ctypes.memmove(a.bytes, value, len(value))
+        for i, (offset, length, prot) in enumerate(protects):
+            r.protects[i].offset, r.protects[i].length, r.protects[i].prot = offset, length, prot
+        self.sock.sendall(bytes(r))
+        pid = int.from_bytes(self._recv(8, None), "little", signed=True)
+        if pid < 0:
+            raise KernelError(f"kernel `{kernel_name}`: the launcher could not start it: {os.strerror(-pid)}")
+        try:
+            status = self._recv(4, timeout)
+            if status is None:
+                os.kill(pid, signal.SIGKILL)
+                self._recv(4, None)
+                raise KernelError(
+                    f"kernel `{kernel_name}` ran past the timeout of {timeout:g} s and was stopped: an endless loop "
+                    f"(a while loop whose condition never changes?), or a launch too large for the CPU backend. "
+                    f"helpers.device.set_timeout(seconds) raises the limit.")
+        except KeyboardInterrupt:
+            os.kill(pid, signal.SIGKILL)
+            self._recv(4, None)
+            raise
+        return int.from_bytes(status, "little", signed=True)
