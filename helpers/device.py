@@ -98,7 +98,7 @@ def empty(shape, dtype=np.float32):
     if name == "cupy":
         return xp.empty(shape, dtype=dtype)
     a = np.empty(shape, dtype=dtype)
-    a.view(np.uint8).fill(0xFF) if a.nbytes else None
+    a.reshape(-1).view(np.uint8).fill(0xFF)  # (reshape: a 0-d array has no byte view)
     return a
 
 

@@ -82,6 +82,7 @@ def test_device_empty_is_poisoned_on_cpu():
         pytest.skip("poisoning is a CPU-backend feature; this run uses the GPU")
     assert np.isnan(device.empty(10)).all()
     assert (device.empty(4, dtype=np.int32) == -1).all()
+    assert np.isnan(device.empty(())) and device.empty((0, 3)).shape == (0, 3)
 
 
 @pytest.mark.parametrize("width", [32, 16, 8, 4])

@@ -1,0 +1,274 @@
+"""The token + position encoder (cuda/encoder.cu, helpers/ops/encoder.py): every kernel version
+against the NumPy reference at odd shapes, race checks, the reference's backward against finite
+differences, and every shape assertion of the wrappers."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import helpers
+from helpers import ceil_div, device, gradcheck, nvrtc_report
+from helpers.cuda_source import REPO_ROOT
+from helpers.ops import encoder
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+# (B, T, C, V, maxT): odd sizes; C=20 is a multiple of 4 but not of 8 or 32; V=7 makes every token
+# repeat many times; C=50 is not a multiple of 4 (version 1 only in the forward).
+SHAPES = [(3, 37, 48, 101, 41), (5, 11, 20, 7, 16), (1, 1, 4, 1, 1)]
+ODD_C = (2, 9, 50, 11, 9)
+
+
+def make(B, T, C, V, maxT, seed=0):
+    rng = np.random.default_rng(seed)
+    return SimpleNamespace(
+        B=B, T=T, C=C, V=V, maxT=maxT,
+        idx=rng.integers(0, V, size=(B, T)).astype(np.int32),
+        wte=rng.standard_normal((V, C), dtype=np.float32),
+        wpe=rng.standard_normal((maxT, C), dtype=np.float32),
+        dout=rng.standard_normal((B, T, C), dtype=np.float32),
+        # gradients start non-zero: the backward must accumulate, not overwrite
+        dwte=rng.standard_normal((V, C), dtype=np.float32),
+        dwpe=rng.standard_normal((maxT, C), dtype=np.float32),
+    )
+
+
+def versions_for(shape, direction):
+    C = shape[2]
+    return [1, 2] if (direction == "backward" or C % 4 == 0) else [1]
+
+
+# ------------------------------------------------------------------------------------------------
+# The NumPy reference
+# ------------------------------------------------------------------------------------------------
+def test_reference_forward_picks_rows():
+    p = make(2, 3, 5, 4, 6)
+    out = encoder.encoder_forward(p.wte, p.wpe, p.idx)
+    assert out.shape == (2, 3, 5) and out.dtype == np.float32
+    for b in range(2):
+        for t in range(3):
+            np.testing.assert_array_equal(out[b, t], p.wte[p.idx[b, t]] + p.wpe[t])
+
+
+def test_reference_backward_adds_every_repeated_token():
+    idx = np.array([[2, 2, 2]], np.int32)   # one token three times
+    dout = np.ones((1, 3, 2), np.float32)
+    dwte, dwpe = np.zeros((3, 2), np.float32), np.zeros((4, 2), np.float32)
+    encoder.encoder_backward(dwte, dwpe, dout, idx)
+    np.testing.assert_array_equal(dwte[2], [3, 3])   # `dwte[idx] += dout` would give 1
+    np.testing.assert_array_equal(dwte[:2], 0)
+    np.testing.assert_array_equal(dwpe, [[1, 1], [1, 1], [1, 1], [0, 0]])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reference_backward_matches_finite_differences(seed):
+    B, T, C, V, maxT = 2, 5, 3, 4, 7   # 10 positions, 4 tokens: repeats for sure
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, V, size=(B, T)).astype(np.int32)
+    wte, wpe = rng.standard_normal((V, C)), rng.standard_normal((maxT, C))
+    dout = rng.standard_normal((B, T, C))
+    dwte, dwpe = np.zeros((V, C)), np.zeros((maxT, C))
+    encoder.encoder_backward(dwte, dwpe, dout, idx)
+    assert dwte.dtype == dwpe.dtype == np.float64
+    num_wte = gradcheck.numerical_gradient(lambda w: encoder.encoder_forward(w, wpe, idx), wte, dout)
+    num_wpe = gradcheck.numerical_gradient(lambda w: encoder.encoder_forward(wte, w, idx), wpe, dout)
+    gradcheck.assert_gradient("dwte", dwte, num_wte)
+    gradcheck.assert_gradient("dwpe", dwpe, num_wpe)
+    assert not num_wpe[T:].any(), "rows of wpe past T get no gradient"
+
+
+def test_token_buckets_are_stable_and_complete():
+    idx = np.array([[5, 1, 5], [1, 9, 5]], np.int32)
+    token, start, pos = encoder.token_buckets(idx)
+    assert token.tolist() == [1, 5, 9]
+    assert start.tolist() == [0, 2, 5, 6]
+    assert pos.tolist() == [1, 3, 0, 2, 5, 4]   # within a token: increasing positions
+    assert token.dtype == start.dtype == pos.dtype == np.int32
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels against the reference
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", SHAPES + [ODD_C], ids=str)
+def test_forward_kernels_match_reference(shape):
+    p = make(*shape)
+    ref = encoder.encoder_forward(p.wte, p.wpe, p.idx)
+    for version in versions_for(shape, "forward"):
+        out = device.empty((p.B, p.T, p.C))
+        encoder.forward(out, device.asarray(p.idx), device.asarray(p.wte), device.asarray(p.wpe), version=version)
+        helpers.check(f"encoder_forward{version} {shape}", out, ref, atol=1e-5, rtol=1e-5)
+        # one IEEE float32 addition per element, the same as NumPy's: identical bits
+        assert np.array_equal(device.asnumpy(out), ref)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [ODD_C], ids=str)
+def test_backward_kernels_match_reference(shape):
+    p = make(*shape)
+    ref_dwte, ref_dwpe = p.dwte.copy(), p.dwpe.copy()
+    encoder.encoder_backward(ref_dwte, ref_dwpe, p.dout, p.idx)
+    for version in versions_for(shape, "backward"):
+        # copies: on the CPU backend device.asarray returns the NumPy array itself
+        dwte, dwpe = device.asarray(p.dwte.copy()), device.asarray(p.dwpe.copy())
+        encoder.backward(dwte, dwpe, device.asarray(p.dout), device.asarray(p.idx), version=version)
+        helpers.check(f"encoder_backward{version} dwte {shape}", dwte, ref_dwte, atol=1e-5, rtol=1e-5)
+        helpers.check(f"encoder_backward{version} dwpe {shape}", dwpe, ref_dwpe, atol=1e-5, rtol=1e-5)
+        if version == 2:
+            # the same additions in the same order as np.add.at and the b-loop of the reference
+            assert np.array_equal(device.asnumpy(dwte), ref_dwte)
+            assert np.array_equal(device.asnumpy(dwpe), ref_dwpe)
+
+
+def test_backward2_with_a_host_copy_of_idx():
+    p = make(3, 37, 48, 101, 41)
+    ref_dwte, ref_dwpe = p.dwte.copy(), p.dwpe.copy()
+    encoder.encoder_backward(ref_dwte, ref_dwpe, p.dout, p.idx)
+    dwte, dwpe = device.asarray(p.dwte.copy()), device.asarray(p.dwpe.copy())
+    encoder.backward(dwte, dwpe, device.asarray(p.dout), device.asarray(p.idx), idx_host=p.idx.copy())
+    assert np.array_equal(device.asnumpy(dwte), ref_dwte) and np.array_equal(device.asnumpy(dwpe), ref_dwpe)
+
+
+def test_solution_of_the_exercise():
+    path = REPO_ROOT / "notebooks" / "solutions" / "01_encoder_forward_row.cu"
+    fn = device.load_module(path).get_function("encoder_forward_row")
+    for shape in (SHAPES[0], ODD_C):
+        p = make(*shape)
+        out = device.empty((p.B, p.T, p.C))
+        args = (out, device.asarray(p.idx), device.asarray(p.wte), device.asarray(p.wpe), p.B, p.T, p.C)
+        fn((ceil_div(p.B * p.T, 64),), (64,), args)
+        helpers.check(f"encoder_forward_row {shape}", out, encoder.encoder_forward(p.wte, p.wpe, p.idx))
+        device.racecheck(fn, (ceil_div(p.B * p.T, 64),), (64,), args)
+    rows = nvrtc_report.compile_report([path])
+    assert rows and all(not r.spills for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Races and determinism
+# ------------------------------------------------------------------------------------------------
+RACE_SHAPE = (3, 37, 48, 101, 41)
+REPEATS = (4, 64, 8, 3, 64)   # 256 positions, 3 tokens: each token about 85 times
+
+
+def launch_args(p, version, direction):
+    """(kernel, grid, block, args) of each launch that version makes, as the wrapper would."""
+    mod, n = encoder.module(), p.B * p.T * p.C
+    if direction == "forward":
+        out = device.empty((p.B, p.T, p.C))
+        threads = n if version == 1 else n // 4
+        return [(mod.get_function(f"encoder_forward{version}"), (ceil_div(threads, 256),), (256,),
+                 (out, p.idx, p.wte, p.wpe, p.B, p.T, p.C))]
+    if version == 1:
+        return [(mod.get_function("encoder_backward1"), (ceil_div(n, 256),), (256,),
+                 (p.dwte, p.dwpe, p.dout, p.idx, p.B, p.T, p.C))]
+    token, start, pos = encoder.token_buckets(p.idx)
+    return [(mod.get_function("encoder_backward2_dwpe"), (ceil_div(p.T * p.C, 256),), (256,),
+             (p.dwpe, p.dout, p.B, p.T, p.C)),
+            (mod.get_function("encoder_backward2_dwte"), (ceil_div(len(token) * p.C, 256),), (256,),
+             (p.dwte, p.dout, token, start, pos, len(token), p.C))]
+
+
+@pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
+@pytest.mark.parametrize("version", [1, 2])
+def test_forward_is_race_free(version, shape):
+    for fn, grid, block, args in launch_args(make(*shape), version, "forward"):
+        device.racecheck(fn, grid, block, args)
+
+
+@pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
+def test_backward2_gives_the_same_bits_in_every_order(shape):
+    for fn, grid, block, args in launch_args(make(*shape), 2, "backward"):
+        device.racecheck(fn, grid, block, args)   # no tolerance: bit-identical
+
+
+def atomic_sum_tolerance(p):
+    """How far two orders of float32 atomicAdd may differ, from the data.
+
+    Summing k terms one after the other, in any order, is within (k-1)*u*sum|terms| of the exact
+    sum to first order (u = eps/2, the unit roundoff; the start value counts as a term), so two
+    orders differ by at most twice that; 2*(k-1)*eps*sum|terms| also covers the higher orders.
+    Take the worst output: the most repeated token for dwte, B terms for dwpe."""
+    counts = np.bincount(p.idx.reshape(-1), minlength=p.V)
+    abs_dwte = np.abs(p.dwte).copy()
+    np.add.at(abs_dwte, p.idx, np.abs(p.dout))
+    abs_dwpe = np.abs(p.dwpe[:p.T]) + np.abs(p.dout).sum(axis=0)
+    k = max(int(counts.max()), p.B) + 1
+    return 2 * (k - 1) * EPS32 * max(float(abs_dwte.max()), float(abs_dwpe.max()))
+
+
+@pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
+def test_backward1_atomics_agree_within_rounding(shape):
+    # float atomicAdd adds in the order the threads run: the bits may differ, the sums may not.
+    p = make(*shape)
+    atol = atomic_sum_tolerance(p)   # a worst-case bound: 2.0e-3 for REPEATS, whose sums are about 10
+    assert atol < 1e-2
+    for fn, grid, block, args in launch_args(p, 1, "backward"):
+        device.racecheck(fn, grid, block, args, atol=atol, rtol=0)
+
+
+def test_backward1_is_not_deterministic_with_repeated_tokens():
+    for fn, grid, block, args in launch_args(make(*REPEATS), 1, "backward"):
+        with pytest.raises(device.RaceError, match="encoder_backward1"):
+            device.racecheck(fn, grid, block, args)
+
+
+@pytest.mark.skipif(device.name != "cpu", reason="the CPU backend's guard pages catch the bad token id")
+def test_a_token_id_past_the_table_is_an_out_of_bounds_read():
+    p = make(2, 5, 8, 7, 5)
+    p.idx[1, 3] = p.V   # one past the last row of wte: the wrapper does not check values
+    with pytest.raises(device.KernelError, match="out-of-bounds read of `wte`"):
+        encoder.forward(device.empty((2, 5, 8)), p.idx, p.wte, p.wpe, version=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shape assertions
+# ------------------------------------------------------------------------------------------------
+def test_forward2_needs_c_multiple_of_4():
+    p = make(*ODD_C)
+    with pytest.raises(ValueError, match=r"encoder_forward2 loads float4: C must be a multiple of 4, got C=50"):
+        encoder.forward(device.empty((p.B, p.T, p.C)), p.idx, p.wte, p.wpe, version=2)
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_wrappers_refuse_wrong_shapes_and_dtypes(direction):
+    p = make(2, 5, 8, 7, 5)
+
+    def call(idx=p.idx, table=None, pos=None, activ=None, version=2):
+        if direction == "forward":
+            activ = device.empty((2, 5, 8)) if activ is None else activ
+            encoder.forward(activ, idx, p.wte if table is None else table, p.wpe if pos is None else pos, version)
+        else:
+            activ = p.dout if activ is None else activ
+            encoder.backward(p.dwte if table is None else table, p.dwpe if pos is None else pos, activ, idx, version)
+
+    tname, pname, aname = ("wte", "wpe", "out") if direction == "forward" else ("dwte", "dwpe", "dout")
+    with pytest.raises(ValueError, match=r"`idx` must be int32, got int64"):
+        call(idx=p.idx.astype(np.int64))
+    with pytest.raises(ValueError, match=r"`idx` must have 2 dimensions, got shape \(10,\)"):
+        call(idx=p.idx.reshape(-1))
+    with pytest.raises(ValueError, match=fr"`{tname}` must be float32, got float64"):
+        call(table=p.wte.astype(np.float64))
+    with pytest.raises(ValueError, match=fr"`{aname}` must be \(B, T, C\) = \(2, 5, 8\) .* got \(2, 5, 9\)"):
+        call(activ=np.zeros((2, 5, 9), np.float32))
+    with pytest.raises(ValueError, match=fr"`{tname}` \(7, 8\) and `{pname}` \(5, 4\) must have the same number of channels"):
+        call(pos=np.zeros((5, 4), np.float32))
+    with pytest.raises(ValueError, match=fr"idx has T=5 positions but `{pname}` has only 4 rows"):
+        call(pos=np.zeros((4, 8), np.float32))
+    with pytest.raises(ValueError, match=fr"`{aname}` must be C-contiguous"):
+        call(activ=np.zeros((2, 8, 5), np.float32).transpose(0, 2, 1))
+    with pytest.raises(ValueError, match=r"no version 3; versions are \[1, 2\]"):
+        call(version=3)
+
+
+def test_wrappers_refuse_sizes_past_32_bit_indexing():
+    # a stand-in with the shape of a too-large table (allocating 8 GiB would prove nothing more)
+    big = SimpleNamespace(shape=(2**22, 512), ndim=2, dtype=np.dtype(np.float32),
+                          flags=SimpleNamespace(c_contiguous=True))
+    p = make(1, 2, 512, 7, 4)
+    with pytest.raises(ValueError, match=r"32-bit ints: B\*T\*C and V\*C must be below 2\*\*31, got B\*T\*C=1024, "
+                                         r"V\*C=2147483648"):
+        encoder.forward(device.empty((1, 2, 512)), p.idx, big, p.wpe, version=1)
+
+
+def test_backward_refuses_a_host_idx_of_the_wrong_shape():
+    p = make(2, 5, 8, 7, 5)
+    with pytest.raises(ValueError, match=r"`idx_host` must be the host copy of idx, shape \(2, 5\), got \(10,\)"):
+        encoder.backward(p.dwte, p.dwpe, p.dout, p.idx, idx_host=p.idx.reshape(-1))

@@ -1,0 +1,303 @@
+"""cuda/layernorm.cu and helpers/ops/layernorm.py: every kernel version against the NumPy reference at
+odd shapes, in every thread order, the NumPy backward against finite differences, and every shape
+assumption of a version refused with a clear ValueError."""
+import numpy as np
+import pytest
+
+import helpers
+from helpers import device, gradcheck, nvrtc_report
+from helpers.cuda_source import REPO_ROOT
+from helpers.ops import layernorm as ln
+
+FWD_TOL = dict(atol=1e-5)   # llm.c: layernorm forward 1e-5 (rtol: FLT_EPSILON, helpers.check's default)
+# llm.c: layernorm backward 1e-3; plus rtol 1e-4 because dweight/dbias are sums over all N rows, whose
+# float32 rounding error grows with N and with their size (at N = 8192 they reach ~340 and version 1's error
+# 8.5e-4 on the CPU backend: too close to 1e-3 for a check that must never fail by chance)
+BWD_TOL = dict(atol=1e-3, rtol=1e-4)
+
+SHAPES = [(3, 37, 48), (2, 7, 100), (2, 5, 1600)]      # C % 4 == 0: every version
+ODD_C = [(3, 7, 50), (2, 3, 1601)]                     # C % 4 != 0: all but forward3
+
+
+def inputs(shape, seed=0):
+    """x with a different mean and spread per row (as in a residual stream), weight, bias, dout."""
+    rng = np.random.default_rng(seed)
+    C = shape[-1]
+    loc = rng.normal(0, 0.5, size=shape[:-1] + (1,))
+    scale = rng.uniform(0.5, 2, size=shape[:-1] + (1,))
+    x = (loc + scale * rng.standard_normal(shape)).astype(np.float32)
+    weight = (1 + 0.5 * rng.standard_normal(C)).astype(np.float32)
+    bias = (0.5 * rng.standard_normal(C)).astype(np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
+    return x, weight, bias, dout
+
+
+def f64(*arrays):
+    return [a.astype(np.float64) for a in arrays]
+
+
+def empty(shape):
+    # device.empty(()) fails on the CPU backend (it cannot view a 0-d array as bytes): zeros for a scalar
+    return device.empty(shape) if shape else device.zeros(shape)
+
+
+def run_forward(version, x, weight, bias, **kw):
+    out, mean, rstd = empty(x.shape), empty(x.shape[:-1]), empty(x.shape[:-1])
+    ln.forward(out, mean, rstd, device.asarray(x), device.asarray(weight), device.asarray(bias), version=version, **kw)
+    return out, mean, rstd
+
+
+def check_forward(version, shape):
+    x, weight, bias, _ = inputs(shape)
+    out, mean, rstd = run_forward(version, x, weight, bias)
+    ref_out, ref_mean, ref_rstd = ln.layernorm_forward(*f64(x, weight, bias))
+    helpers.check(f"forward{version} out {shape}", out, ref_out, **FWD_TOL)
+    helpers.check(f"forward{version} mean {shape}", mean, ref_mean, **FWD_TOL)
+    helpers.check(f"forward{version} rstd {shape}", rstd, ref_rstd, **FWD_TOL)
+
+
+@pytest.mark.parametrize("shape", SHAPES + ODD_C)
+@pytest.mark.parametrize("version", [1, 2])
+def test_forward_any_c(version, shape):
+    check_forward(version, shape)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward3(shape):
+    check_forward(3, shape)
+
+
+def test_forward_on_2d_and_1d_inputs():
+    x, weight, bias, _ = inputs((5, 64))
+    for version in (1, 2, 3):
+        for xs in (x, x[0]):   # (N, C) and a single row (C,)
+            out, mean, rstd = run_forward(version, np.ascontiguousarray(xs), weight, bias)
+            ref = ln.layernorm_forward(*f64(xs, weight, bias))
+            for got, want in zip((out, mean, rstd), ref):
+                helpers.check(f"forward{version} {xs.shape}", got, want, **FWD_TOL)
+
+
+@pytest.mark.parametrize("block_size", [32, 64, 96, 1024])
+@pytest.mark.parametrize("version", [2, 3])
+def test_forward_block_sizes(version, block_size):
+    x, weight, bias, _ = inputs((3, 11, 200))
+    out, _, _ = run_forward(version, x, weight, bias, block_size=block_size)
+    helpers.check(f"forward{version} block {block_size}", out, ln.layernorm_forward(*f64(x, weight, bias))[0], **FWD_TOL)
+
+
+def run_backward(version, shape, seed=1, **kw):
+    """Kernel and reference gradients, both accumulated onto the same nonzero starting values."""
+    x, weight, bias, dout = inputs(shape, seed)
+    _, mean, rstd = ln.layernorm_forward(x, weight, bias)   # float32, as saved by a forward pass
+    rng = np.random.default_rng(seed + 100)
+    dx0 = rng.standard_normal(shape).astype(np.float32)
+    dw0, db0 = rng.standard_normal((2, shape[-1])).astype(np.float32)
+    ref = f64(dx0, dw0, db0)   # copies, made before the kernel (on the CPU backend asarray does not copy)
+    dx, dw, db = device.asarray(dx0), device.asarray(dw0), device.asarray(db0)
+    ln.backward(dx, dw, db, *(device.asarray(a) for a in (dout, x, weight, mean, rstd)), version=version, **kw)
+    ln.layernorm_backward(*ref, *f64(dout, x, weight, mean, rstd))
+    return (dx, dw, db), ref
+
+
+def check_backward(version, shape, **kw):
+    got, ref = run_backward(version, shape, **kw)
+    for name, g, r in zip(("dx", "dweight", "dbias"), got, ref):
+        helpers.check(f"backward{version} {name} {shape}", g, r, **BWD_TOL)
+
+
+@pytest.mark.parametrize("shape", SHAPES + ODD_C)
+@pytest.mark.parametrize("version", [1, 2])
+def test_backward(version, shape):
+    check_backward(version, shape)
+
+
+@pytest.mark.parametrize("num_blocks", [1, 4, 200])   # many rows per block ... blocks with no row
+def test_backward2_num_blocks(num_blocks):
+    check_backward(2, (3, 37, 48), num_blocks=num_blocks)
+
+
+def test_backward2_block_sizes():
+    for block_size in (32, 96, 1024):
+        check_backward(2, (2, 5, 100), block_size=block_size)
+
+
+def test_backward2_at_the_largest_c():
+    check_backward(2, (1, 2, ln.BACKWARD2_MAX_C))
+
+
+# ------------------------------------------------------------------------------------------------
+# Every thread order gives the same bits (float atomics: the same values up to rounding)
+# ------------------------------------------------------------------------------------------------
+def device_args(shape):
+    x, weight, bias, dout = inputs(shape)
+    _, mean, rstd = ln.layernorm_forward(x, weight, bias)
+    N, C = int(np.prod(shape[:-1])), shape[-1]
+    return N, C, [device.asarray(a) for a in (x, weight, bias, dout, mean, rstd)]
+
+
+def kernel(name):
+    return device.load_module("layernorm.cu").get_function(name)
+
+
+@pytest.mark.parametrize("version, C", [(1, 50), (2, 50), (3, 48)])
+def test_racecheck_forward(version, C):
+    N, C, (x, w, b, _, _, _) = device_args((3, 37, C))
+    out, mean, rstd = device.empty((N, C)), device.empty(N), device.empty(N)
+    grid, block = {1: ((helpers.ceil_div(N, 64),), (64,)), 2: ((helpers.ceil_div(N, 2),), (64,)), 3: ((N,), (64,))}[version]
+    device.racecheck(kernel(f"layernorm_forward{version}"), grid, block, (out, mean, rstd, x, w, b, N, C, 1e-5))
+
+
+def test_racecheck_backward1_needs_a_tolerance():
+    # Float atomicAdd: the rows add into dweight/dbias in the order the threads run, and float
+    # addition is not associative, so the last bits depend on the order: exact comparison fails,
+    # comparison to within a few float32 roundings of the sums passes.
+    N, C, (x, w, _, dout, mean, rstd) = device_args((3, 37, 50))
+    dx, dw, db = device.zeros((N, C)), device.zeros(C), device.zeros(C)
+    args = (dx, dw, db, dout, x, w, mean, rstd, N, C)
+    fn = kernel("layernorm_backward1")
+    with pytest.raises(device.RaceError, match="dweight|dbias"):
+        device.racecheck(fn, (2,), (64,), args)
+    device.racecheck(fn, (2,), (64,), args, atol=1e-5, rtol=1e-5)
+
+
+def test_racecheck_backward2_is_exact():
+    N, C, (x, w, _, dout, mean, rstd) = device_args((3, 37, 50))
+    num_blocks = 8
+    scratch = device.zeros((num_blocks, 2, C))
+    device.racecheck(kernel("layernorm_backward2"), (num_blocks,), (64,), (device.zeros((N, C)), scratch, dout, x, w,
+                                                                          mean, rstd, N, C), shared_mem=2 * C * 4)
+    kernel("layernorm_backward2")((num_blocks,), (64,), (device.zeros((N, C)), scratch, dout, x, w, mean, rstd, N, C),
+                                  shared_mem=2 * C * 4)
+    device.racecheck(kernel("layernorm_backward2_reduce"), (1,), (64,), (device.zeros(C), device.zeros(C), scratch,
+                                                                         num_blocks, C))
+
+
+def test_backward2_same_bits_every_run():
+    first, _ = run_backward(2, (3, 37, 48))
+    again, _ = run_backward(2, (3, 37, 48))
+    for a, b in zip(first, again):
+        assert np.array_equal(device.asnumpy(a), device.asnumpy(b))
+
+
+# ------------------------------------------------------------------------------------------------
+# The NumPy reference
+# ------------------------------------------------------------------------------------------------
+def test_reference_forward_normalises_each_row():
+    x, _, _, _ = inputs((4, 6, 32))
+    C = x.shape[-1]
+    out, mean, rstd = ln.layernorm_forward(x.astype(np.float64), np.ones(C), np.zeros(C))
+    assert out.shape == x.shape and mean.shape == rstd.shape == (4, 6)
+    np.testing.assert_allclose(out.mean(-1), 0, atol=1e-12)
+    var = x.astype(np.float64).var(-1)
+    np.testing.assert_allclose(out.var(-1), var / (var + 1e-5), rtol=1e-12)   # 1, shrunk by eps
+    np.testing.assert_allclose(1 / rstd**2 - 1e-5, var, rtol=1e-10)
+    assert ln.layernorm_forward(x, np.ones(C, np.float32), np.zeros(C, np.float32))[0].dtype == np.float32
+
+
+def test_reference_backward_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    shape = (2, 3, 7)
+    x = rng.normal(0.5, 2, shape)
+    weight, bias = rng.normal(1, 0.5, 7), rng.normal(0, 0.5, 7)
+    dout = rng.standard_normal(shape)
+    _, mean, rstd = ln.layernorm_forward(x, weight, bias)
+    start = [rng.standard_normal(a.shape) for a in (x, weight, bias)]   # accumulation onto nonzero values
+    dx, dweight, dbias = (s.copy() for s in start)
+    ln.layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd)
+
+    def out_of(x_, w_, b_):
+        return ln.layernorm_forward(x_, w_, b_)[0]
+
+    gradcheck.assert_gradient("dx", dx - start[0], gradcheck.numerical_gradient(lambda v: out_of(v, weight, bias), x, dout))
+    gradcheck.assert_gradient("dweight", dweight - start[1],
+                              gradcheck.numerical_gradient(lambda v: out_of(x, v, bias), weight, dout))
+    gradcheck.assert_gradient("dbias", dbias - start[2],
+                              gradcheck.numerical_gradient(lambda v: out_of(x, weight, v), bias, dout))
+
+
+# ------------------------------------------------------------------------------------------------
+# Shape assumptions are refused, never silently wrong
+# ------------------------------------------------------------------------------------------------
+def test_forward3_refuses_c_not_a_multiple_of_4():
+    x, weight, bias, _ = inputs((2, 3, 50))
+    with pytest.raises(ValueError, match=r"layernorm_forward3 loads float4: C must be a multiple of 4, got C=50"):
+        run_forward(3, x, weight, bias)
+
+
+def test_forward3_refuses_a_misaligned_array():
+    x, weight, bias, _ = inputs((2, 8))
+    storage = np.zeros(x.size + 1, np.float32)
+    shifted = storage[1:].reshape(x.shape)   # contiguous, but 4 bytes past a 16-byte boundary
+    shifted[...] = x
+    with pytest.raises(ValueError, match=r"16-byte boundary"):
+        ln.forward(device.empty(x.shape), device.empty(2), device.empty(2), shifted, weight, bias, version=3)
+
+
+@pytest.mark.parametrize("call", ["forward2", "forward3", "backward2"])
+def test_warp_level_versions_refuse_partial_warps(call):
+    x, weight, bias, dout = inputs((2, 3, 48))
+    mean, rstd = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"block_size must be a multiple of 32, got 48"):
+        if call.startswith("forward"):
+            run_forward(int(call[-1]), x, weight, bias, block_size=48)
+        else:
+            ln.backward(np.zeros_like(x), np.zeros(48, np.float32), np.zeros(48, np.float32), dout, x, weight, mean,
+                        rstd, version=2, block_size=48)
+
+
+def test_backward2_refuses_c_beyond_shared_memory():
+    C = ln.BACKWARD2_MAX_C + 1
+    x = np.zeros((1, C), np.float32)
+    vec, row = np.zeros(C, np.float32), np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match=rf"C must be at most {ln.BACKWARD2_MAX_C}, got C={C}"):
+        ln.backward(np.zeros_like(x), vec, vec.copy(), x, x, vec, row, row, version=2)
+    ln.backward(np.zeros_like(x), vec, vec.copy(), x, x, vec, row, row, version=1)   # version 1 takes any C
+
+
+def test_wrong_shapes_and_versions_are_refused():
+    x, weight, bias, dout = inputs((2, 3, 8))
+    out, mean, rstd = np.zeros_like(x), np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\), got \(7,\)"):
+        ln.forward(out, mean, rstd, x, weight[:7].copy(), bias, version=1)
+    with pytest.raises(ValueError, match=r"mean must have shape \(2, 3\), got \(6,\)"):
+        ln.forward(out, mean.reshape(6), rstd, x, weight, bias, version=2)
+    with pytest.raises(ValueError, match=r"out must have shape \(2, 3, 8\)"):
+        ln.forward(out.reshape(6, 8), mean, rstd, x, weight, bias)
+    with pytest.raises(ValueError, match=r"dx must have shape"):
+        ln.backward(out[:1].copy(), weight.copy(), bias.copy(), dout, x, weight, mean, rstd, version=1)
+    with pytest.raises(ValueError, match=r"no version 4"):
+        ln.forward(out, mean, rstd, x, weight, bias, version=4)
+    with pytest.raises(ValueError, match=r"no version 3"):
+        ln.backward(out, weight.copy(), bias.copy(), dout, x, weight, mean, rstd, version=3)
+    with pytest.raises(ValueError, match=r"at least one row"):
+        ln.forward(np.zeros((0, 8), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
+                   np.zeros((0, 8), np.float32), weight, bias, version=1)
+
+
+def test_versions_are_listed():
+    assert sorted(ln.VERSIONS) == [1, 2, 3]
+    assert sorted(ln.BACKWARD_VERSIONS) == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------------
+# The exercise's reference solution (notebook 02, section "Your turn")
+# ------------------------------------------------------------------------------------------------
+SOLUTION = REPO_ROOT / "notebooks" / "solutions" / "02_layernorm_welford.cu"
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 48), (2, 3, 1601), (1, 1, 5)])
+def test_welford_solution(shape):
+    fn = device.load_module(SOLUTION).get_function("layernorm_forward_welford")
+    x, weight, bias, _ = inputs(shape)
+    N, C = int(np.prod(shape[:-1])), shape[-1]
+    out, mean, rstd = device.empty(shape), device.empty(shape[:-1]), device.empty(shape[:-1])
+    args = (out, mean, rstd, device.asarray(x), device.asarray(weight), device.asarray(bias), N, C, 1e-5)
+    fn((helpers.ceil_div(N, 4),), (128,), args)
+    for name, got, want in zip(("out", "mean", "rstd"), (out, mean, rstd), ln.layernorm_forward(*f64(x, weight, bias))):
+        helpers.check(f"welford {name} {shape}", got, want, **FWD_TOL)
+    device.racecheck(fn, (helpers.ceil_div(N, 4),), (128,), args)
+
+
+def test_welford_solution_compiles_for_the_gpu():
+    rows = nvrtc_report.compile_report([SOLUTION])
+    assert rows and all(not r.spills for r in rows)
