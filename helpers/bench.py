@@ -62,7 +62,7 @@ def measure_call(name, call, *, bytes=None, flops=None, repeat=None) -> Measurem
 
 def _fmt(v, spec):
     """format(v, spec), or a dash in the same width when there is no value."""
-    return format("-", spec.split(".")[0].rstrip("df") or "") if v is None else format(v, spec)
+    return format("-", spec.split(".")[0]) if v is None else format(v, spec)
 
 
 def table(measurements: list[Measurement], title: str = "") -> str:
@@ -77,7 +77,7 @@ def table(measurements: list[Measurement], title: str = "") -> str:
         head += f"{'% BW':>8}{'% FP32':>8}"
     lines += [head, "-" * len(head)]
     for m in measurements:
-        row = f"{m.name:<{width}}{m.seconds * 1e3:>9.3f} ms{_fmt(m.gbps, '>10.2f')}{_fmt(m.gflops, '>10.2f')}"
+        row = f"{m.name:<{width}}{m.seconds * 1e3:>9.3f} ms{_fmt(m.gbps, '>10.3g')}{_fmt(m.gflops, '>10.3g')}"
         if gpu:
             bw = None if m.bytes is None else 100 * m.bytes / m.seconds / H100_BANDWIDTH
             fp = None if m.flops is None else 100 * m.flops / m.seconds / H100_FP32

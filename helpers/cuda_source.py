@@ -116,6 +116,7 @@ def kernels_needing_fibers(path: Path) -> set[str]:
     """Functions that wait for other threads (barriers, warp collectives), directly or through the
     __device__ functions they call. The others run their threads as a plain loop, no fibers."""
     text = "\n".join(strip_comments(f.read_text()) for f in [path, *local_includes(path)])
+    text = re.sub(r"__launch_bounds__\s*\([^)]*\)", " ", text)  # not a function name
     bodies = _function_bodies(text)
     needs = {name for name, body in bodies.items() if _SYNC.search(body)}
     changed = True

@@ -174,6 +174,16 @@ def test_math_functions_and_intrinsics():
         np.testing.assert_allclose(out[:, j], e, rtol=2e-6, atol=1e-6, err_msg=f"result {j}")
 
 
+def test_launch_bounds_before_the_name_with_a_barrier():
+    fn = features().get_function("bounded_block_sum")
+    x = np.arange(64, dtype=np.float32)
+    out = np.zeros(1, np.float32)
+    fn((1,), (64,), (x, out))
+    assert out[0] == x.sum()
+    with pytest.raises(device.LaunchError, match=r"__launch_bounds__\(64\)"):
+        fn((1,), (128,), (np.zeros(128, np.float32), out))
+
+
 def test_launch_bounds_are_enforced():
     fn = features().get_function("math_functions")
     with pytest.raises(device.LaunchError, match=r"__launch_bounds__\(128\)"):

@@ -138,6 +138,13 @@ def test_racecheck_catches_warp_synchronous_code_without_syncwarp(faults):
     device.racecheck(faults.get_function("warp_race_fixed"), (1,), (32,), (x, np.zeros(32, np.float32)))
 
 
+def test_racecheck_lets_one_warp_run_ahead(faults):
+    """Only the depth-first order (a warp runs on after its shuffles) exposes this missing barrier."""
+    x = np.arange(128, dtype=np.float32)
+    with pytest.raises(device.RaceError, match="each warp running ahead"):
+        device.racecheck(faults.get_function("warp_runs_ahead"), (1,), (128,), (x, np.zeros(128, np.float32)))
+
+
 def test_racecheck_passes_correct_kernels_and_leaves_arguments_alone():
     mod = device.load_module(KERNELS / "features.cu", backend="cpu")
     x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)

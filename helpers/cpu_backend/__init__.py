@@ -37,8 +37,12 @@ from .arena import GUARD, MAP_ANONYMOUS, MAP_NORESERVE, MAP_SHARED, PAGE, Arena,
 
 HEADER = Path(__file__).with_name("gpt2cpu.h")
 ABI_HEADER = Path(__file__).with_name("gpt2cpu_abi.h")
-FORWARD, REVERSE, RANDOM = 0, 1, 2
-SCHEDULE_NAMES = {FORWARD: "forward", REVERSE: "reverse", RANDOM: "random"}
+FORWARD, REVERSE, RANDOM, DEPTH_FIRST = 0, 1, 2, 4  # gpt2cpu_abi.h's Schedule
+
+
+def schedule_name(schedule: int, seed: int = 0) -> str:
+    name = {FORWARD: "forward", REVERSE: "reverse", RANDOM: f"random (seed {seed})"}[schedule & 3]
+    return name + (", each warp running ahead after its shuffles" if schedule & DEPTH_FIRST else "")
 PRINTF_CAPACITY = 1 << 20
 
 # ------------------------------------------------------------------------------------------------

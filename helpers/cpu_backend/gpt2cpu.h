@@ -179,6 +179,7 @@ struct Block {
     size_t dynamic_size;
     char* arena_guard;
     int order[kMaxThreads];
+    int where[kMaxThreads];  // a thread's position in `order`
     Fiber* fibers[kMaxThreads];
 };
 
@@ -414,7 +415,7 @@ static inline uint64_t mix64(uint64_t x) {
 
 static void make_order(Block* b) {
     int n = b->n;
-    int s = g_launch->schedule;
+    int s = g_launch->schedule & ORDER_MASK;
     for (int i = 0; i < n; i++) b->order[i] = (s == REVERSE) ? n - 1 - i : i;
     if (s == RANDOM) {
         uint64_t st = mix64(g_launch->seed ^ mix64(b->linear * 0x9e3779b97f4a7c15ULL + b->sweep));
@@ -424,6 +425,7 @@ static void make_order(Block* b) {
             int t = b->order[i]; b->order[i] = b->order[j]; b->order[j] = t;
         }
     }
+    for (int i = 0; i < n; i++) b->where[b->order[i]] = i;
 }
 
 [[noreturn]] static void report_deadlock(Block* b, Fiber* cur);
@@ -461,7 +463,7 @@ static void yield_next(Fiber* cur) {
         b->ran = false;
         b->pos = -1;
         b->sweep++;
-        if (g_launch->schedule == RANDOM) make_order(b);
+        if ((g_launch->schedule & ORDER_MASK) == RANDOM) make_order(b);
     }
 }
 
@@ -628,7 +630,7 @@ static void run_block(Worker* w, uint64_t linear) {
 }
 
 static inline uint64_t block_permutation(uint64_t k) {
-    switch (g_launch->schedule) {
+    switch (g_launch->schedule & ORDER_MASK) {
         case REVERSE: return g_nblocks - 1 - k;
         case RANDOM: return (g_perm_a * (k % g_nblocks) + g_perm_c) % g_nblocks;
         default: return k;
@@ -727,7 +729,7 @@ static int run_launch(LaunchConfig* L) {
     g_next_block = 0;
     g_failed = 0;
     g_perm_a = 1; g_perm_c = 0;
-    if (L->schedule == RANDOM && g_nblocks > 1) {
+    if ((L->schedule & ORDER_MASK) == RANDOM && g_nblocks > 1) {
         uint64_t s = mix64(L->seed + 12345);
         g_perm_a = 2 * (s % g_nblocks) + 1;
         while (gcd64(g_perm_a % g_nblocks, g_nblocks) != 1) g_perm_a += 2;
@@ -831,9 +833,15 @@ static inline WarpState& warp_collective(Fiber* f, uint32_t mask, uint64_t value
     f->warp_mask = mask;
     w.arrived |= 1u << f->lane;
     if ((w.arrived & mask) == mask) {
+        int first = b->n;
         for (int lane = 0; lane < 32; lane++)
-            if ((mask >> lane) & 1) b->fibers[f->warp * 32 + lane]->state = RUNNABLE;
+            if ((mask >> lane) & 1) {
+                int t = f->warp * 32 + lane;
+                b->fibers[t]->state = RUNNABLE;
+                if (b->where[t] < first) first = b->where[t];
+            }
         w.arrived &= ~mask;
+        if (g_launch->schedule & DEPTH_FIRST) b->pos = first - 1;  // this warp runs on next
     }
     yield_next(f);
     return w;

@@ -5,7 +5,9 @@
 
 namespace gpt2cpu {
 
-enum Schedule : int32_t { FORWARD = 0, REVERSE = 1, RANDOM = 2 };
+// The order of threads in a block (and of blocks); DEPTH_FIRST may be or-ed in: after a warp
+// collective, the warp that completed it runs on at once, so one warp can get far ahead of the others.
+enum Schedule : int32_t { FORWARD = 0, REVERSE = 1, RANDOM = 2, ORDER_MASK = 3, DEPTH_FIRST = 4 };
 enum Status : int32_t { OK = 0, SIGNAL = 1, RUNTIME_ERROR = 2 };
 enum FaultKind : int32_t { FAULT_MEMORY = 0, FAULT_STACK_OVERFLOW = 1, FAULT_SHARED_OOB = 2, FAULT_GENERAL_PROTECTION = 3 };
 

@@ -71,6 +71,24 @@ extern "C" __global__ void warp_race_fixed(const float* in, float* out) {
     out[threadIdx.x] = buf[31 - threadIdx.x];
 }
 
+// A block sum whose result is read by every thread, without the barrier that keeps the next call
+// from overwriting warp_sums while slower warps still read it.
+__device__ float block_sum_missing_second_barrier(float v, float* warp_sums) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffff, v, offset);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) total += warp_sums[w];
+    return total;  // missing __syncthreads() here
+}
+
+extern "C" __global__ void warp_runs_ahead(const float* x, float* out) {
+    __shared__ float warp_sums[32];
+    float a = block_sum_missing_second_barrier(x[threadIdx.x], warp_sums);
+    float b = block_sum_missing_second_barrier(2.0f * x[threadIdx.x], warp_sums);
+    out[threadIdx.x] = a + 10.0f * b;
+}
+
 extern "C" __global__ void divide_by_zero(const int* in, int* out) {
     out[threadIdx.x] = 100 / in[threadIdx.x];
 }

@@ -154,6 +154,18 @@ __global__ void block_sum_template(const T* in, T* out, int n) {
     if (threadIdx.x == 0) out[blockIdx.x] = buf[0];
 }
 
+// __launch_bounds__ before the name, and a barrier: still found and run with fibers.
+extern "C" __global__ void __launch_bounds__(64) bounded_block_sum(const float* in, float* out) {
+    __shared__ float buf[64];
+    buf[threadIdx.x] = in[threadIdx.x];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float s = 0.0f;
+        for (int i = 0; i < 64; i++) s += buf[i];
+        out[0] = s;
+    }
+}
+
 // printf from the kernel: the CPU backend prints it in the calling cell, in block order.
 extern "C" __global__ void hello(int n) {
     if (threadIdx.x == 0) printf("hello from block %d of %d (n=%d)\n", blockIdx.x, gridDim.x, n);

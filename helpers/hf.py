@@ -1,0 +1,59 @@
+"""Hugging Face's GPT-2 (transformers on PyTorch's CPU build) as the oracle for our model: code nobody
+here wrote. Needs the `reference` extra (torch, transformers)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoints
+
+
+def require():
+    """(torch, transformers), or an ImportError that says how to install them."""
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise ImportError(f"the Hugging Face reference needs PyTorch and transformers ({e}): "
+                          f"pip install -e '.[reference]'") from e
+    return torch, transformers
+
+
+def model_like(model, directory=None):
+    """Hugging Face's GPT2LMHeadModel holding our model's weights, loaded through our save_pretrained
+    (so any mistake in the conversion shows), in eval mode with the eager attention."""
+    torch, transformers = require()
+    directory = Path(directory or tempfile.mkdtemp(prefix="gpt2-hf-"))
+    model.save_pretrained(directory)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(directory, attn_implementation="eager")
+    return hf.eval()
+
+
+def logits_and_loss(hf, idx, targets):
+    """Logits and the mean cross-entropy against `targets` (our convention: targets given, not shifted)."""
+    torch, _ = require()
+    logits = hf(torch.from_numpy(np.asarray(idx, np.int64))).logits
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             torch.from_numpy(np.asarray(targets, np.int64)).reshape(-1))
+    return logits, loss
+
+
+def gradients(hf, config) -> dict[str, np.ndarray]:
+    """HF's gradients in our layout: Conv1D weights transposed, layers stacked, wte (V, C)."""
+    g = {n.removeprefix("transformer."): p.grad.numpy() for n, p in hf.named_parameters()}
+    out = {"wte": g["wte.weight"], "wpe": g["wpe.weight"], "lnfw": g["ln_f.weight"], "lnfb": g["ln_f.bias"]}
+    for ours, theirs in checkpoints.HF_LAYER_NAMES.items():
+        layers = [g[f"h.{l}.{theirs}"] for l in range(config.n_layer)]
+        out[ours] = np.stack([t.T if ours in checkpoints.TRANSPOSED else t for t in layers])
+    return out
+
+
+def relative_errors(ours: dict, theirs: dict) -> dict[str, float]:
+    """max |ours - theirs| / max |theirs| per tensor (wte compared over the real vocabulary)."""
+    errors = {}
+    for k, ref in theirs.items():
+        mine = np.asarray(ours[k])[: ref.shape[0]] if k == "wte" else np.asarray(ours[k])
+        errors[k] = float(np.abs(mine - ref).max() / max(np.abs(ref).max(), 1e-12))
+    return errors

@@ -1,0 +1,319 @@
+"""Causal self-attention: the NumPy reference and the launch wrappers of `cuda/attention.cu`.
+
+Layout (llm.c): qkv (B, T, 3C) holds q = qkv[..., :C], k = qkv[..., C:2C], v = qkv[..., 2C:], each
+split into NH heads of hs = C // NH channels; out (B, T, C) holds the heads' outputs side by side.
+For one sequence and one head:
+
+    scores = q k^T / sqrt(hs),  masked: scores[t, t2] = -inf for t2 > t
+    att    = softmax(scores)      (rows; zeros above the diagonal)
+    y      = att v
+
+Backward, given dy (the head's slice of dout):
+
+    dv = att^T dy,   datt = dy v^T,   dscores = att * (datt - rowsum(datt * att)),
+    dq = dscores k / sqrt(hs),   dk = dscores^T q / sqrt(hs)      (added into dqkv)
+
+Memory the kernel versions need besides qkv and out (plan it from here):
+
+    version 1  att (B, NH, T, T) from the forward, kept for the backward; the backward allocates a
+               scratch of the same size (dscores) unless one is passed
+    version 2  lse (B, NH, T) from the forward, kept for the backward; the backward allocates a
+               (B, NH, T) scratch (D = rowsum(dout * out)) unless one is passed
+    version 3  as version 2
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import ceil_div, device
+
+VERSIONS = {
+    1: "naive: scores, softmax and att @ v as three kernels, the (B, NH, T, T) matrix in memory; "
+       "backward in four kernels through a (T, T) scratch",
+    2: "fused: one warp per query row, online softmax, only the row's log-sum-exp stored; backward "
+       "recomputes the probabilities (flash-attention-2 style), one warp per query row (dq) and per key row (dk, dv)",
+    3: "tiled: K/V (and Q/dy) tiles of 32 rows in shared memory shared by the warps of a block, one key per "
+       "lane, one online-softmax update per tile of 32 keys",
+}
+
+MAX_HEAD_SIZE = 128      # versions 2 and 3: a lane holds channels lane, lane + 32, lane + 64, lane + 96
+INT32_MAX = 2**31 - 1    # the kernels index with 32-bit ints
+MAX_SHARED = 48 * 1024   # bytes of dynamic shared memory a launch may ask for without opting in
+MAX_GRID_Y = 65535       # blocks along a grid's y axis
+
+
+# ------------------------------------------------------------------------------------------------
+# The NumPy reference
+# ------------------------------------------------------------------------------------------------
+def split_heads(x, n_head):
+    """(B, T, C) -> (B, NH, T, hs): head h is channels h*hs .. (h+1)*hs - 1."""
+    B, T, C = x.shape
+    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def merge_heads(y):
+    """(B, NH, T, hs) -> (B, T, C), the heads side by side."""
+    B, NH, T, hs = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(B, T, NH * hs)
+
+
+def causal_scores(qkv, n_head):
+    """The masked, scaled scores (B, NH, T, T): q k^T / sqrt(hs), -inf where the key is in the future."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q = split_heads(qkv[..., :C], n_head)
+    k = split_heads(qkv[..., C:2 * C], n_head)
+    scale = 1.0 / math.sqrt(C // n_head)
+    scores = (q @ k.transpose(0, 1, 3, 2)) * scale
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)   # future[t, t2] = t2 > t
+    return np.where(future, -np.inf, scores).astype(qkv.dtype)
+
+
+def attention_logsumexp(qkv, n_head):
+    """lse (B, NH, T) = log sum_t2 exp(scores[t, t2]) over the keys t2 <= t: what versions 2 and 3 store."""
+    scores = causal_scores(qkv, n_head)
+    m = scores.max(axis=-1, keepdims=True)               # finite: the diagonal is never masked
+    return (m + np.log(np.exp(scores - m).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def attention_forward(qkv, n_head):
+    """out (B, T, C) and att (B, NH, T, T), the softmax probabilities (zeros above the diagonal)."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    scores = causal_scores(qkv, n_head)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))   # exp(-inf) = 0 above the diagonal
+    att = e / e.sum(axis=-1, keepdims=True)
+    v = split_heads(qkv[..., 2 * C:], n_head)
+    out = merge_heads(att @ v)
+    return out, att
+
+
+def attention_backward(dqkv, dout, qkv, att, n_head):
+    """Add dL/dqkv into dqkv (B, T, 3C), given dout = dL/dout (B, T, C) and the forward's att."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    scale = 1.0 / math.sqrt(C // n_head)
+    q = split_heads(qkv[..., :C], n_head)
+    k = split_heads(qkv[..., C:2 * C], n_head)
+    v = split_heads(qkv[..., 2 * C:], n_head)
+    dy = split_heads(dout, n_head)
+    dv = att.transpose(0, 1, 3, 2) @ dy
+    datt = dy @ v.transpose(0, 1, 3, 2)
+    dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))   # softmax backward, row by row
+    dq = (dscores @ k) * scale
+    dk = (dscores.transpose(0, 1, 3, 2) @ q) * scale
+    dqkv[..., :C] += merge_heads(dq)
+    dqkv[..., C:2 * C] += merge_heads(dk)
+    dqkv[..., 2 * C:] += merge_heads(dv)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launch wrappers
+# ------------------------------------------------------------------------------------------------
+def _module():
+    return device.load_module("attention.cu")   # cached; recompiled when the file changes
+
+
+def _expect(name, a, shape, what):
+    if a is None:
+        raise ValueError(f"{what}: `{name}` is required, a float32 array of shape {shape}")
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{what}: `{name}` must have shape {shape}, got {tuple(a.shape)}")
+    if a.dtype != np.float32:
+        raise ValueError(f"{what}: `{name}` must be float32, got {a.dtype}")
+
+
+def _dims(qkv, n_head, what):
+    """B, T, C, hs from qkv's shape, with the assumptions every version makes."""
+    if qkv.ndim != 3:
+        raise ValueError(f"{what}: qkv must be (B, T, 3C), got shape {tuple(qkv.shape)}")
+    B, T, C3 = (int(d) for d in qkv.shape)
+    if C3 % 3:
+        raise ValueError(f"{what}: qkv's last dimension holds q, k and v: it must be 3*C, got {C3}")
+    C = C3 // 3
+    if n_head < 1 or C % n_head:
+        raise ValueError(f"{what}: C must be a multiple of n_head (heads of hs = C / n_head channels), "
+                         f"got C={C}, n_head={n_head}")
+    if qkv.dtype != np.float32:
+        raise ValueError(f"{what}: qkv must be float32, got {qkv.dtype}")
+    if B * T * C3 > INT32_MAX:
+        raise ValueError(f"{what}: the kernels index qkv with 32-bit ints: B*T*3C must be < 2^31, got {B * T * C3}")
+    return B, T, C, C // n_head
+
+
+def _check_version(version, what):
+    if version not in VERSIONS:
+        raise ValueError(f"{what}: no version {version!r}; versions: {sorted(VERSIONS)}")
+
+
+def _check_matrix_fits(B, n_head, T, what):
+    if B * n_head * T * T > INT32_MAX:
+        raise ValueError(f"{what} indexes the (B, NH, T, T) matrix with 32-bit ints: B*NH*T*T must be < 2^31, "
+                         f"got B={B}, NH={n_head}, T={T}: {B * n_head * T * T}")
+
+
+def _check_head_size(hs, what):
+    if hs > MAX_HEAD_SIZE:
+        raise ValueError(f"{what}: a lane holds at most 4 channels of a head in registers: head size hs = C / n_head "
+                         f"must be <= {MAX_HEAD_SIZE}, got hs={hs} (use version 1)")
+
+
+def _check_warps(block_size, what):
+    if block_size % 32 or not 32 <= block_size <= 1024:
+        raise ValueError(f"{what} gives each warp a row: block_size must be a multiple of 32 (at most 1024), "
+                         f"got {block_size}")
+
+
+def forward3_shared_bytes(hs, block_size):
+    """Dynamic shared memory of attention_forward3: Ks 32*(hs+1), Vs 32*hs, Qs NW*hs, Ps NW*32 floats."""
+    nw = block_size // 32
+    return 4 * (32 * (hs + 1) + 32 * hs + nw * hs + nw * 32)
+
+
+def backward3_dq_shared_bytes(hs, block_size):
+    """attention_backward3_dq: Ks, Vs 32*(hs+1) each, Qs, dYs NW*hs each, DSs NW*32 floats."""
+    nw = block_size // 32
+    return 4 * (2 * 32 * (hs + 1) + 2 * nw * hs + nw * 32)
+
+
+def backward3_dkdv_shared_bytes(hs, block_size):
+    """attention_backward3_dkdv: Qs, dYs 32*(hs+1) each, Ls, Ds 32 each, Kw, Vw NW*hs each, Ps, DSs NW*32."""
+    nw = block_size // 32
+    return 4 * (2 * 32 * (hs + 1) + 64 + 2 * nw * hs + 2 * nw * 32)
+
+
+def _check_grid_y(B, n_head, what):
+    if B * n_head > MAX_GRID_Y:
+        raise ValueError(f"{what} puts the (b, h) pairs on the grid's y axis, which has at most {MAX_GRID_Y} blocks: "
+                         f"B*NH must be <= {MAX_GRID_Y}, got B={B}, NH={n_head}: {B * n_head}")
+
+
+def _check_shared(nbytes, hs, block_size, what):
+    if nbytes > MAX_SHARED:
+        raise ValueError(f"{what}: hs={hs} with block_size={block_size} needs {nbytes} bytes of shared memory, "
+                         f"more than {MAX_SHARED}: use a smaller block_size")
+
+
+@dataclass
+class Launch:
+    """One kernel launch of a version, ready to run (`launch()`) or to race-check
+    (`device.racecheck(launch.fn, launch.grid, launch.block, launch.args, launch.shared_mem)`)."""
+    fn: object
+    grid: tuple
+    block: tuple
+    args: tuple
+    shared_mem: int = 0
+
+    @property
+    def name(self):
+        return self.fn.name
+
+    def __call__(self):
+        self.fn(self.grid, self.block, self.args, shared_mem=self.shared_mem)
+
+
+def forward_launches(out, qkv, n_head, version=1, *, att=None, lse=None, block_size=None) -> list[Launch]:
+    """The launches of `forward` (same arguments), in order, after checking the version's assumptions."""
+    what = f"attention_forward{version}"
+    _check_version(version, what)
+    B, T, C, hs = _dims(qkv, n_head, what)
+    _expect("out", out, (B, T, C), what)
+    fn = _module().get_function
+    args = (qkv, B, T, C, n_head)
+    if version == 1:
+        _check_matrix_fits(B, n_head, T, what)
+        _expect("att", att, (B, n_head, T, T), what)
+        bs = block_size or 256
+        return [Launch(fn("attention_forward1_scores"), (ceil_div(B * n_head * T * T, bs),), (bs,), (att, *args)),
+                Launch(fn("attention_forward1_softmax"), (ceil_div(B * n_head * T, bs),), (bs,), (att, B, n_head, T)),
+                Launch(fn("attention_forward1_values"), (ceil_div(B * T * C, bs),), (bs,), (out, att, *args))]
+    _check_head_size(hs, what)
+    _expect("lse", lse, (B, n_head, T), what)
+    bs = block_size or (128 if version == 2 else 256)
+    _check_warps(bs, what)
+    if version == 2:
+        return [Launch(fn("attention_forward2"), (ceil_div(B * n_head * T, bs // 32),), (bs,), (out, lse, *args))]
+    smem = forward3_shared_bytes(hs, bs)
+    _check_shared(smem, hs, bs, what)
+    _check_grid_y(B, n_head, what)
+    return [Launch(fn("attention_forward3"), (ceil_div(T, bs // 32), B * n_head), (bs,), (out, lse, *args), smem)]
+
+
+def forward(out, qkv, n_head, version=1, *, att=None, lse=None, block_size=None) -> None:
+    """out (B, T, C) = causal self-attention of qkv (B, T, 3C) with n_head heads, on the device.
+
+    version 1: needs `att`, a (B, NH, T, T) float32 buffer; it is left holding the probabilities
+               (zeros above the diagonal), which backward version 1 reads. B*NH*T*T < 2^31.
+               Three launches; any block_size (default 256).
+    version 2: needs `lse`, a (B, NH, T) float32 buffer; it is left holding each row's log-sum-exp
+               of the scaled scores, which backward versions 2 and 3 read. hs = C / n_head <= 128;
+               block_size a multiple of 32 (one warp per query row; default 128).
+    version 3: like version 2 (same `lse`), tiled; default block_size 256 (8 query rows per block),
+               its shared memory (forward3_shared_bytes) must fit in 48 KiB, B*NH <= 65535.
+    """
+    for launch in forward_launches(out, qkv, n_head, version, att=att, lse=lse, block_size=block_size):
+        launch()
+
+
+def backward_launches(dqkv, dout, qkv, out, n_head, version=1, *, att=None, lse=None, scratch=None,
+                      block_size=None) -> list[Launch]:
+    """The launches of `backward` (same arguments), in order; allocates the scratch if none is given."""
+    what = f"attention_backward{version}"
+    _check_version(version, what)
+    B, T, C, hs = _dims(qkv, n_head, what)
+    _expect("dqkv", dqkv, (B, T, 3 * C), what)
+    _expect("dout", dout, (B, T, C), what)
+    fn = _module().get_function
+    dims = (B, T, C, n_head)
+    if version == 1:
+        _check_matrix_fits(B, n_head, T, what)
+        _expect("att", att, (B, n_head, T, T), what)
+        scratch = device.empty((B, n_head, T, T)) if scratch is None else scratch
+        _expect("scratch", scratch, (B, n_head, T, T), what)
+        bs = block_size or 256
+        return [
+            Launch(fn("attention_backward1_datt"), (ceil_div(B * n_head * T * T, bs),), (bs,), (scratch, dout, qkv, *dims)),
+            Launch(fn("attention_backward1_softmax"), (ceil_div(B * n_head * T, bs),), (bs,), (scratch, att, B, n_head, T)),
+            Launch(fn("attention_backward1_dq"), (ceil_div(B * T * C, bs),), (bs,), (dqkv, scratch, qkv, *dims)),
+            Launch(fn("attention_backward1_dkdv"), (ceil_div(B * T * C, bs),), (bs,),
+                   (dqkv, scratch, att, dout, qkv, *dims))]
+    _check_head_size(hs, what)
+    _expect("out", out, (B, T, C), what)
+    _expect("lse", lse, (B, n_head, T), what)
+    bs = block_size or (128 if version == 2 else 256)
+    _check_warps(bs, what)
+    if version == 3:
+        smem_dq, smem_dkdv = backward3_dq_shared_bytes(hs, bs), backward3_dkdv_shared_bytes(hs, bs)
+        _check_shared(max(smem_dq, smem_dkdv), hs, bs, what)
+        _check_grid_y(B, n_head, what)
+    scratch = device.empty((B, n_head, T)) if scratch is None else scratch
+    _expect("scratch", scratch, (B, n_head, T), what)
+    rows = B * n_head * T
+    grads = (dqkv, dout, qkv, lse, scratch, *dims)
+    launches = [Launch(fn("attention_backward2_preprocess"), (ceil_div(rows, 128),), (128,), (scratch, dout, out, *dims))]
+    if version == 2:
+        return launches + [Launch(fn("attention_backward2_dq"), (ceil_div(rows, bs // 32),), (bs,), grads),
+                           Launch(fn("attention_backward2_dkdv"), (ceil_div(rows, bs // 32),), (bs,), grads)]
+    grid = (ceil_div(T, bs // 32), B * n_head)
+    return launches + [Launch(fn("attention_backward3_dq"), grid, (bs,), grads, smem_dq),
+                       Launch(fn("attention_backward3_dkdv"), grid, (bs,), grads, smem_dkdv)]
+
+
+def backward(dqkv, dout, qkv, out, n_head, version=1, *, att=None, lse=None, scratch=None, block_size=None) -> None:
+    """Add dL/dqkv into dqkv (B, T, 3C), given dout (B, T, C) and what the forward left.
+
+    version 1: `att` (B, NH, T, T) from forward version 1; uses a (B, NH, T, T) float32 scratch
+               (datt, then dscores in place), allocated here unless `scratch` is given. `out` is not
+               read. Four launches; any block_size (default 256).
+    version 2: `lse` (B, NH, T) from forward version 2 or 3, and the forward's `out`; uses a
+               (B, NH, T) float32 scratch (D = rowsum(dout * out)), allocated here unless given.
+               hs <= 128, block_size a multiple of 32 (default 128). Three launches.
+    version 3: as version 2, tiled (default block_size 256; shared memory, see
+               backward3_dq_shared_bytes and backward3_dkdv_shared_bytes, within 48 KiB; B*NH <= 65535).
+    """
+    for launch in backward_launches(dqkv, dout, qkv, out, n_head, version, att=att, lse=lse, scratch=scratch,
+                                    block_size=block_size):
+        launch()

@@ -1,0 +1,300 @@
+"""cuda/classifier.cu and helpers/ops/classifier.py: softmax, cross-entropy and their backward, unfused
+(version 1) and fused (versions 2 and 3), against the NumPy reference, in every thread order.
+
+Tolerances are llm.c's for the classifier, |ref - out| <= atol + rtol*|ref| with 1e-4: probabilities
+and losses with atol = rtol = 1e-4; dlogits = (probs - onehot) * dloss is scaled by dloss = 1/(B*T),
+so its atol is 1e-4 * dloss (the probabilities to 1e-4, on the gradient's own scale). The reference
+runs in float64 on the float32 inputs. No kernel uses atomics: racecheck requires identical bits.
+"""
+import numpy as np
+import pytest
+
+from helpers import check, cpu_backend, device, gradcheck
+from helpers.launch_checks import check_config, convert_args
+from helpers.ops import classifier
+
+TOL = 1e-4
+
+# (B, T, V, Vp): odd sizes, padded and unpadded vocabularies, a row shorter than a warp, a vocabulary of
+# one token, and rows longer than a block (several columns per thread).
+SHAPES = [(3, 37, 101, 103), (3, 37, 101, 104), (2, 5, 1001, 1004), (1, 3, 1, 4), (2, 3, 64, 64)]
+FLOAT4_SHAPES = [s for s in SHAPES if s[3] % 4 == 0]
+
+
+def make_inputs(B, T, V, Vp, seed=0):
+    """Logits of a few scales, two rows shifted by +-100 (exp would overflow without the max), padded
+    columns holding NaN or 1000 (a kernel that lets them into the softmax, or its max, fails loudly:
+    fmaxf ignores a NaN), targets hitting 0 and V-1."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal((B, T, Vp)) * rng.uniform(0.5, 4.0, (B, T, 1))).astype(np.float32)
+    logits[0, 0] += 100.0
+    logits[-1, -1] -= 100.0
+    logits[..., V:] = np.nan
+    logits[:, 1::2, V:] = 1000.0
+    targets = rng.integers(0, V, (B, T)).astype(np.int32)
+    targets.flat[0], targets.flat[-1] = 0, V - 1
+    return logits, targets, 1.0 / (B * T)
+
+
+def reference(logits, targets, V, dloss):
+    """float64 probs, losses, dlogits of the float32 inputs."""
+    x = logits.astype(np.float64)
+    probs = classifier.softmax_forward(x, V)
+    losses, dlogits = classifier.classifier_forward_backward(x, targets, V, dloss)
+    return probs, losses, dlogits
+
+
+def check_fused(name, losses, dlogits, ref_losses, ref_dlogits, dloss):
+    check(f"{name} losses", losses, ref_losses, atol=TOL, rtol=TOL)
+    check(f"{name} dlogits", dlogits, ref_dlogits, atol=TOL * dloss, rtol=TOL)
+
+
+# ------------------------------------------------------------------------------------------------
+# The NumPy reference
+# ------------------------------------------------------------------------------------------------
+def test_reference_softmax_and_loss():
+    logits, targets, _ = make_inputs(2, 3, 7, 9)
+    probs = classifier.softmax_forward(logits.astype(np.float64), 7)
+    assert np.allclose(probs.sum(-1), 1.0) and (probs[..., 7:] == 0).all() and (probs[..., :7] > 0).all()
+    z = logits[1, 2, :7].astype(np.float64)
+    assert np.allclose(probs[1, 2, :7], np.exp(z) / np.exp(z).sum())
+    losses = classifier.crossentropy_forward(probs, targets)
+    assert np.isclose(losses[1, 2], -np.log(probs[1, 2, targets[1, 2]]))
+    # all logits equal: the uniform distribution, a loss of log V
+    uniform = classifier.crossentropy_forward(classifier.softmax_forward(np.zeros((1, 2, 12)), 10), targets[:1, :2])
+    assert np.allclose(uniform, np.log(10))
+
+
+@pytest.mark.parametrize("B, T, V, Vp", [(2, 3, 7, 9), (1, 2, 5, 5)])
+def test_reference_backward_against_finite_differences(B, T, V, Vp):
+    logits, targets, dloss = make_inputs(B, T, V, Vp, seed=1)
+    x = np.nan_to_num(logits.astype(np.float64) / 50.0)  # moderate values; pads 0 (they must not matter)
+    _, dlogits = classifier.classifier_forward_backward(x, targets, V, dloss)
+
+    def losses_of(z):
+        return classifier.crossentropy_forward(classifier.softmax_forward(z, V), targets)
+
+    numeric = gradcheck.numerical_gradient(losses_of, x, np.full((B, T), dloss))  # d(mean loss)/dlogits
+    gradcheck.assert_gradient("classifier backward", dlogits, numeric)
+    assert (dlogits[..., V:] == 0).all()
+
+
+def test_reference_backward_accumulates():
+    logits, targets, dloss = make_inputs(2, 3, 7, 8)
+    probs = classifier.softmax_forward(logits.astype(np.float64), 7)
+    start = np.random.default_rng(2).standard_normal(probs.shape)
+    dlogits = start.copy()
+    assert classifier.crossentropy_softmax_backward(dlogits, probs, targets, dloss) is None
+    _, fresh = classifier.classifier_forward_backward(logits.astype(np.float64), targets, 7, dloss)
+    assert np.allclose(dlogits, start + fresh)
+
+
+# ------------------------------------------------------------------------------------------------
+# Version 1: three kernels
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("B, T, V, Vp", SHAPES)
+def test_version1_against_reference(B, T, V, Vp):
+    logits, targets, dloss = make_inputs(B, T, V, Vp)
+    ref_probs, ref_losses, ref_dlogits = reference(logits, targets, V, dloss)
+    logits, targets = device.asarray(logits), device.asarray(targets)
+
+    probs = device.empty((B, T, Vp))
+    classifier.softmax(probs, logits, V, version=1)
+    check("softmax_forward1", probs, ref_probs, atol=TOL, rtol=TOL)
+    assert (device.asnumpy(probs)[..., V:] == 0).all(), "padded columns must hold probability 0"
+
+    losses = device.empty((B, T))
+    classifier.crossentropy(losses, probs, targets, version=1)
+    check("crossentropy_forward1", losses, ref_losses, atol=TOL, rtol=TOL)
+
+    # accumulates into what is there
+    start = np.random.default_rng(3).standard_normal((B, T, Vp)).astype(np.float32) * np.float32(dloss)
+    dlogits = device.asarray(start.copy())
+    classifier.crossentropy_softmax_backward(dlogits, probs, targets, dloss, version=1)
+    check("crossentropy_softmax_backward1", dlogits, start + ref_dlogits, atol=TOL * dloss, rtol=TOL)
+
+
+def test_version1_racecheck():
+    B, T, V, Vp = 3, 37, 101, 103
+    logits, targets, dloss = make_inputs(B, T, V, Vp)
+    logits, targets = device.asarray(logits), device.asarray(targets)
+    probs = device.empty((B, T, Vp))
+    device.racecheck(*classifier.softmax_launch(probs, logits, V, version=1))
+    classifier.softmax(probs, logits, V, version=1)
+    device.racecheck(*classifier.crossentropy_launch(device.empty((B, T)), probs, targets, version=1))
+    device.racecheck(*classifier.crossentropy_softmax_backward_launch(device.zeros((B, T, Vp)), probs,
+                                                                      targets, dloss, version=1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Versions 2 and 3: fused
+# ------------------------------------------------------------------------------------------------
+FUSED_CASES = [(2, s) for s in SHAPES] + [(3, s) for s in FLOAT4_SHAPES]
+
+
+@pytest.mark.parametrize("version, shape", FUSED_CASES)
+def test_fused_against_reference(version, shape):
+    B, T, V, Vp = shape
+    logits, targets, dloss = make_inputs(B, T, V, Vp)
+    _, ref_losses, ref_dlogits = reference(logits, targets, V, dloss)
+    logits, targets = device.asarray(logits), device.asarray(targets)
+    losses, dlogits = device.empty((B, T)), device.empty((B, T, Vp))
+    classifier.fused_classifier(losses, dlogits, logits, targets, V, dloss, version=version)
+    check_fused(f"fused_classifier{version}", losses, dlogits, ref_losses, ref_dlogits, dloss)
+    assert (device.asnumpy(dlogits)[..., V:] == 0).all(), "padded columns must get gradient 0"
+
+
+@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("block_size", [32, 96, 1024])
+def test_fused_block_sizes(version, block_size):
+    B, T, V, Vp = 2, 3, 1001, 1004  # 32 threads: 32 columns each; 1024: more threads than columns
+    logits, targets, dloss = make_inputs(B, T, V, Vp, seed=4)
+    _, ref_losses, ref_dlogits = reference(logits, targets, V, dloss)
+    logits, targets = device.asarray(logits), device.asarray(targets)
+    losses, dlogits = device.empty((B, T)), device.empty((B, T, Vp))
+    classifier.fused_classifier(losses, dlogits, logits, targets, V, dloss, version=version, block_size=block_size)
+    check_fused(f"fused_classifier{version} ({block_size} threads)", losses, dlogits, ref_losses, ref_dlogits, dloss)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_fused_racecheck(version):
+    B, T, V, Vp = 3, 37, 101, 104
+    logits, targets, dloss = make_inputs(B, T, V, Vp)
+    logits, targets = device.asarray(logits), device.asarray(targets)
+    device.racecheck(*classifier.fused_classifier_launch(device.empty((B, T)), device.empty((B, T, Vp)), logits,
+                                                         targets, V, dloss, version=version, block_size=64))
+
+
+def run_in_every_order(launch):
+    """Like device.racecheck, but keeping arrays that are passed twice as ONE array (racecheck copies each
+    argument separately, so it cannot see an in-place kernel's aliasing); returns the results per order."""
+    fn = launch.fn
+    grid, block, smem = check_config(fn.kernel, launch.grid, launch.block, launch.shared_mem)
+    results = []
+    for schedule, seed in device.RACECHECK_SCHEDULES:
+        copies = {}
+        args = [copies.setdefault(id(a), a.copy()) if isinstance(a, np.ndarray) else a for a in launch.args]
+        args = convert_args(fn.kernel, args, "cpu", (np.ndarray,), ())
+        cpu_backend.launch(fn.module._library, fn.kernel, fn.name, grid, block, smem, args,
+                           schedule=schedule, seed=seed, n_workers=1)
+        results.append(list(copies.values()))  # each distinct array once, in argument order
+    return results
+
+
+@pytest.mark.parametrize("version, shape", [(2, (3, 37, 101, 103)), (3, (3, 37, 101, 104)), (2, (2, 3, 1001, 1004))])
+def test_fused_in_place(version, shape):
+    """dlogits written over the logits (llm.c's memory saving): the same bits as out of place, in every order."""
+    B, T, V, Vp = shape
+    logits, targets, dloss = make_inputs(B, T, V, Vp)
+    _, ref_losses, ref_dlogits = reference(logits, targets, V, dloss)
+    targets_d = device.asarray(targets)
+    out_losses, out_dlogits = device.empty((B, T)), device.empty((B, T, Vp))
+    classifier.fused_classifier(out_losses, out_dlogits, device.asarray(logits), targets_d, V, dloss, version=version,
+                                block_size=64)
+    out_losses, out_dlogits = device.asnumpy(out_losses), device.asnumpy(out_dlogits)
+
+    buf, losses = device.asarray(logits.copy()), device.empty((B, T))
+    classifier.fused_classifier(losses, buf, buf, targets_d, V, dloss, version=version, block_size=64)
+    check_fused(f"fused_classifier{version} in place", losses, buf, ref_losses, ref_dlogits, dloss)
+    assert np.array_equal(device.asnumpy(buf), out_dlogits) and np.array_equal(device.asnumpy(losses), out_losses)
+
+    if device.name == "cpu":
+        launch = classifier.fused_classifier_launch(device.empty((B, T)), logits, logits, targets, V, dloss,
+                                                    version=version, block_size=64)
+        for got_losses, got_buf, _ in run_in_every_order(launch):
+            assert np.array_equal(got_buf, out_dlogits) and np.array_equal(got_losses, out_losses)
+
+
+def test_in_place_order_check_catches_llmc_race(tmp_path):
+    """The check above would catch llm.c's old bug: thread 0 reading logits[target] for the loss while the
+    other threads already overwrite the row (the fix was a __syncthreads(); our kernels need none)."""
+    if device.name != "cpu":
+        pytest.skip("runs launches on the CPU backend")
+    src = tmp_path / "racy_classifier.cu"
+    src.write_text(classifier.module().source.replace(
+        "    // pass 2: read the row again", """\
+    if (threadIdx.x == 0) {
+        float xt = x[target];  // llm.c's first version: no barrier after this read
+        losses[n] = logf(s) - (xt - m);
+    }
+    // pass 2: read the row again""").replace("*loss = logf(s) - (x - m);", ""))
+    fn = device.load_module(src, backend="cpu").get_function("fused_classifier2")
+    B, T, V, Vp = 1, 4, 200, 200
+    logits, targets, dloss = make_inputs(B, T, V, Vp)
+    targets[:] = 150  # a column that thread 0 does not own
+    launch = classifier.Launch(fn, (B * T,), (64,), (device.empty((B, T)), logits, logits, targets, dloss, V, Vp))
+    results = run_in_every_order(launch)
+    assert not all(np.array_equal(r[0], results[0][0]) for r in results[1:]), "the race should show in some order"
+
+
+# ------------------------------------------------------------------------------------------------
+# Shape assumptions: clear errors, never a silent wrong answer
+# ------------------------------------------------------------------------------------------------
+def test_float4_version_needs_vp_multiple_of_4():
+    logits, targets, dloss = make_inputs(3, 37, 101, 103)
+    with pytest.raises(ValueError, match=r"fused_classifier3 loads float4: Vp .* must be a multiple of 4, got Vp=103"):
+        classifier.fused_classifier(device.empty((3, 37)), device.empty((3, 37, 103)), logits, targets, 101, dloss,
+                                    version=3)
+
+
+@pytest.mark.parametrize("block_size", [100, 16, 2048])
+def test_fused_needs_whole_warps(block_size):
+    logits, targets, dloss = make_inputs(1, 2, 10, 12)
+    with pytest.raises(ValueError, match=rf"fused_classifier2 merges whole warps.*multiple of 32.*got {block_size}"):
+        classifier.fused_classifier(device.empty((1, 2)), device.empty((1, 2, 12)), logits, targets, 10, dloss,
+                                    block_size=block_size)
+
+
+def test_v_must_fit_the_logits():
+    logits, targets, dloss = make_inputs(1, 2, 10, 12)
+    for V in (0, 13):
+        with pytest.raises(ValueError, match=rf"V \(the real vocabulary\) must be in \[1, Vp=12\].*got V={V}"):
+            classifier.softmax(device.empty((1, 2, 12)), logits, V)
+        with pytest.raises(ValueError, match=rf"must be in \[1, Vp=12\].*got V={V}"):
+            classifier.fused_classifier(device.empty((1, 2)), device.empty((1, 2, 12)), logits, targets, V, dloss)
+
+
+def test_targets_must_be_real_tokens():
+    logits, targets, dloss = make_inputs(1, 2, 10, 12)
+    targets[0, 1] = 10  # a padded column
+    with pytest.raises(ValueError, match=r"targets must be token ids in \[0, V=10\), found values in \[\d+, 10\]"):
+        classifier.fused_classifier(device.empty((1, 2)), device.empty((1, 2, 12)), logits, targets, 10, dloss)
+    targets[0, 1] = -1
+    probs = np.zeros((1, 2, 12), np.float32)
+    with pytest.raises(ValueError, match=r"crossentropy_forward1: targets must be token ids in \[0, Vp=12\)"):
+        classifier.crossentropy(device.empty((1, 2)), probs, targets)
+    with pytest.raises(ValueError, match=r"crossentropy_softmax_backward1: targets .* \[-1, \d+\]"):
+        classifier.crossentropy_softmax_backward(np.zeros_like(probs), probs, targets, dloss, version=1)
+
+
+def test_shapes_and_dtypes_are_checked():
+    logits, targets, dloss = make_inputs(2, 3, 10, 12)
+    losses, dlogits = device.empty((2, 3)), device.empty((2, 3, 12))
+    with pytest.raises(ValueError, match=r"`losses` must be \(B, T\) = \(2, 3\).*got \(3, 2\)"):
+        classifier.fused_classifier(device.empty((3, 2)), dlogits, logits, targets, 10, dloss)
+    with pytest.raises(ValueError, match=r"`dlogits` must have the shape of `logits`, \(2, 3, 12\), got \(2, 3, 11\)"):
+        classifier.fused_classifier(losses, device.empty((2, 3, 11)), logits, targets, 10, dloss)
+    with pytest.raises(ValueError, match=r"`targets` must be int32, got int64"):
+        classifier.fused_classifier(losses, dlogits, logits, targets.astype(np.int64), 10, dloss)
+    with pytest.raises(ValueError, match=r"`logits` must be float32, got float64"):
+        classifier.softmax(dlogits, logits.astype(np.float64), 10)
+    with pytest.raises(ValueError, match=r"`logits` must have 3 dimensions, got shape \(6, 12\)"):
+        classifier.softmax(dlogits, logits.reshape(6, 12), 10)
+    with pytest.raises(ValueError, match=r"`probs` must have the shape of `logits`"):
+        classifier.softmax(device.empty((2, 3, 10)), logits, 10)
+    with pytest.raises(ValueError, match=r"no version 3; this function has versions \[1\]"):
+        classifier.softmax(dlogits, logits, 10, version=3)
+    with pytest.raises(ValueError, match=r"no version 1; this function has versions \[2, 3\]"):
+        classifier.fused_classifier(losses, dlogits, logits, targets, 10, dloss, version=1)
+
+
+def test_backward1_refuses_sizes_past_32_bit_indices(monkeypatch):
+    logits, targets, dloss = make_inputs(2, 3, 10, 12)
+    monkeypatch.setattr(classifier, "INT_MAX", 2 * 3 * 12 - 1)  # as if B*T*Vp were 2**31
+    with pytest.raises(ValueError, match=r"32-bit int: B\*T\*Vp must be below 2\*\*31, got 2\*3\*12 = 72"):
+        classifier.crossentropy_softmax_backward(np.zeros_like(logits), np.zeros_like(logits), targets, dloss,
+                                                 version=1)
+
+
+def test_versions_are_listed():
+    assert sorted(classifier.VERSIONS) == [1, 2, 3]

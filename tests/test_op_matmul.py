@@ -1,0 +1,261 @@
+"""cuda/matmul.cu and helpers/ops/matmul.py: every kernel version against the NumPy reference at odd
+shapes, race checks, the NumPy backward against finite differences, and the shape assertions.
+
+Tolerance: a float32 sum of K terms in any order (with or without FMA) is within
+K * 2^-24 * sum|terms| of the exact sum, and the float64 reference is exact to float32's eyes. So each
+check uses atol = (K + 1) * 2^-24 * (max over elements of sum|terms|) (the +1: the bias, or the
+gradient's old value) and rtol = 0: never a false alarm, whatever order a kernel sums in. A bug that
+drops or doubles one product errs by about sum|terms| / K, about 1 / (K^2 * 2^-24) times the bound:
+~7000x at K = 48. The exact test on small integers closes the remaining gap."""
+import numpy as np
+import pytest
+
+import helpers
+from helpers import device, gradcheck
+from helpers.cuda_source import CUDA_DIR
+from helpers.ops import matmul as mm
+
+# (N, C, OC): B*T = 3*37 with GPT-2's qkv projection shape at C=48, a shape where nothing is a
+# multiple of 16 (partial tiles everywhere, C not a multiple of the k-step), and shapes that are
+# not multiples of 4, which only versions 1 and 2 accept.
+SHAPES_ALL = [(3 * 37, 48, 3 * 48), (2 * 19, 20, 36), (1, 4, 4), (130, 132, 8)]
+SHAPES_ODD = [(3 * 37, 48, 101), (2 * 19, 33, 7), (5, 1, 3)]
+
+
+def shapes_for(version):
+    return SHAPES_ALL + (SHAPES_ODD if version != 3 else [])
+
+
+def data(N, C, OC, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C), dtype=np.float32)
+    weight = (0.5 * rng.standard_normal((OC, C))).astype(np.float32)
+    bias = rng.standard_normal(OC).astype(np.float32)
+    dout = rng.standard_normal((N, OC), dtype=np.float32)
+    return x, weight, bias, dout
+
+
+def f64(*arrays):
+    return [a.astype(np.float64) for a in arrays]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled():
+    mm.module()  # compile once, before the first timed test
+
+
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_forward_matches_reference(version, with_bias):
+    for N, C, OC in shapes_for(version):
+        x, weight, bias, _ = data(N, C, OC)
+        bias = bias if with_bias else None
+        ref = mm.matmul_forward(*f64(x, weight), None if bias is None else bias.astype(np.float64))
+        out = device.empty((N, OC))
+        mm.forward(out, device.asarray(x), device.asarray(weight),
+                   None if bias is None else device.asarray(bias), version=version)
+        helpers.check(f"matmul_forward{version} {N}x{C}x{OC}", out, ref, atol=mm.forward_atol(x, weight, bias), rtol=0)
+
+
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+def test_forward_takes_batched_x(version):
+    """x (B, T, C) -> out (B, T, OC): the kernels see N = B*T rows."""
+    B, T, C, OC = 3, 37, 48, 144
+    x, weight, bias, _ = data(B * T, C, OC, seed=1)
+    x = x.reshape(B, T, C)
+    out = device.empty((B, T, OC))
+    mm.forward(out, x, weight, bias, version=version)
+    helpers.check(f"matmul_forward{version} (B, T, C)", out, mm.matmul_forward(*f64(x, weight, bias)),
+                  atol=mm.forward_atol(x, weight, bias), rtol=0)
+
+
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_backward_accumulates_and_matches_reference(version, with_bias):
+    for N, C, OC in shapes_for(version):
+        x, weight, _, dout = data(N, C, OC, seed=2)
+        rng = np.random.default_rng(3)
+        dx0 = rng.standard_normal((N, C), dtype=np.float32)     # gradients already holding values:
+        dw0 = rng.standard_normal((OC, C), dtype=np.float32)    # the kernels must add to them
+        db0 = rng.standard_normal(OC).astype(np.float32)
+        ref_dx, ref_dw, ref_db = f64(dx0, dw0, db0)
+        mm.matmul_backward(ref_dx, ref_dw, ref_db if with_bias else None, *f64(dout, x, weight))
+        dx, dw, db = device.asarray(dx0.copy()), device.asarray(dw0.copy()), device.asarray(db0.copy())
+        mm.backward(dx, dw, db if with_bias else None, device.asarray(dout), device.asarray(x),
+                    device.asarray(weight), version=version)
+        atol_dx, atol_dw, atol_db = mm.backward_atols(dout, x, weight, dx0, dw0, db0)
+        helpers.check(f"backward{version} dx {N}x{C}x{OC}", dx, ref_dx, atol=atol_dx, rtol=0)
+        helpers.check(f"backward{version} dweight {N}x{C}x{OC}", dw, ref_dw, atol=atol_dw, rtol=0)
+        if with_bias:
+            helpers.check(f"backward{version} dbias {N}x{C}x{OC}", db, ref_db, atol=atol_db, rtol=0)
+        else:
+            assert np.array_equal(device.asnumpy(db), db0), "dbias=None must leave the bias gradient alone"
+
+
+def test_sums_of_small_integers_are_exact():
+    """Integers in {-2..2}: every partial sum is an integer far below 2^24, exact in float32 in any
+    order, so every version must give exactly the reference: a dropped or doubled product shows."""
+    N, C, OC = 3 * 37, 48, 144
+    rng = np.random.default_rng(4)
+    x, weight, dout = (rng.integers(-2, 3, size=s).astype(np.float32) for s in ((N, C), (OC, C), (N, OC)))
+    bias = rng.integers(-2, 3, size=OC).astype(np.float32)
+    ref = mm.matmul_forward(*f64(x, weight, bias))
+    ref_dx, ref_dw, ref_db = np.zeros((N, C)), np.zeros((OC, C)), np.zeros(OC)
+    mm.matmul_backward(ref_dx, ref_dw, ref_db, *f64(dout, x, weight))
+    for version in mm.VERSIONS:
+        out = device.empty((N, OC))
+        mm.forward(out, x, weight, bias, version=version)
+        assert np.array_equal(device.asnumpy(out), ref), f"forward{version} is not exact on integers"
+        dx, dw, db = device.zeros((N, C)), device.zeros((OC, C)), device.zeros(OC)
+        mm.backward(dx, dw, db, dout, x, weight, version=version)
+        for name, got, want in (("dx", dx, ref_dx), ("dweight", dw, ref_dw), ("dbias", db, ref_db)):
+            assert np.array_equal(device.asnumpy(got), want), f"backward{version} {name} is not exact on integers"
+
+
+# ------------------------------------------------------------------------------------------------
+# Races: no float atomics anywhere, so every thread order must give identical bits (atol = rtol = 0)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+def test_racecheck_forward(version):
+    N, C, OC = (2 * 19, 20, 36) if version == 3 else (2 * 19, 33, 37)
+    x, weight, bias, _ = data(N, C, OC)
+    kernel, grid, block = mm.launches_forward(version, N, C, OC)
+    fn = mm.module().get_function(kernel)
+    device.racecheck(fn, grid, block, (device.empty((N, OC)), x, weight, bias, N, C, OC, 1))
+
+
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+def test_racecheck_backward(version):
+    N, C, OC = (2 * 19, 20, 36) if version == 3 else (2 * 19, 33, 37)
+    x, weight, _, dout = data(N, C, OC)
+    args = dict(dx=(np.zeros((N, C), np.float32), dout, weight, N, C, OC),
+                dweight=(np.zeros((OC, C), np.float32), dout, x, N, C, OC),
+                dbias=(np.zeros(OC, np.float32), dout, N, OC))
+    for grad, kernel, grid, block in mm.launches_backward(version, N, C, OC):
+        device.racecheck(mm.module().get_function(kernel), grid, block, args[grad])
+
+
+def test_racecheck_catches_a_missing_barrier(tmp_path):
+    """The check is not vacuous: forward2 without its second __syncthreads() is caught."""
+    src = (CUDA_DIR / "matmul.cu").read_text()
+    marker = "        __syncthreads();  // everyone is done with the tile before the next step overwrites it\n"
+    assert src.count(marker) == 1
+    broken = tmp_path / "matmul_broken.cu"
+    broken.write_text(src.replace(marker, ""))
+    fn = device.load_module(broken, backend="cpu").get_function("matmul_forward2")
+    N, C, OC = 16, 48, 16
+    x, weight, bias, _ = data(N, C, OC)
+    with pytest.raises(device.RaceError, match="matmul_forward2"):
+        device.racecheck(fn, (1, 1), (16, 16), (np.zeros((N, OC), np.float32), x, weight, bias, N, C, OC, 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# The NumPy backward against finite differences (float64)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(5, 4, 3), (2, 3, 7)])
+def test_numpy_backward_matches_finite_differences(shape):
+    N, C, OC = shape
+    rng = np.random.default_rng(5)
+    x, weight, bias, dout = (rng.standard_normal(s) for s in ((N, C), (OC, C), (OC,), (N, OC)))
+    dx, dweight, dbias = np.zeros_like(x), np.zeros_like(weight), np.zeros_like(bias)
+    mm.matmul_backward(dx, dweight, dbias, dout, x, weight)
+    gradcheck.assert_gradient("dx", dx, gradcheck.numerical_gradient(lambda v: mm.matmul_forward(v, weight, bias), x, dout))
+    gradcheck.assert_gradient("dweight", dweight,
+                              gradcheck.numerical_gradient(lambda v: mm.matmul_forward(x, v, bias), weight, dout))
+    gradcheck.assert_gradient("dbias", dbias,
+                              gradcheck.numerical_gradient(lambda v: mm.matmul_forward(x, weight, v), bias, dout))
+
+
+def test_numpy_backward_accumulates_and_takes_batched_shapes():
+    rng = np.random.default_rng(6)
+    x, weight, dout = rng.standard_normal((2, 3, 4)), rng.standard_normal((5, 4)), rng.standard_normal((2, 3, 5))
+    dx, dweight, dbias = np.ones_like(x), np.ones_like(weight), np.ones(5)
+    mm.matmul_backward(dx, dweight, dbias, dout, x, weight)
+    assert np.allclose(dx, 1 + dout @ weight)
+    assert np.allclose(dweight, 1 + np.einsum("bto,btc->oc", dout, x))
+    assert np.allclose(dbias, 1 + dout.sum(axis=(0, 1)))
+    dx2 = np.zeros_like(x)
+    mm.matmul_backward(dx2, np.zeros_like(weight), None, dout, x, weight)  # dbias may be None
+    assert np.allclose(dx2, dout @ weight)
+
+
+def test_reference_is_dtype_generic():
+    x, weight, bias, _ = data(4, 8, 3)
+    assert mm.matmul_forward(x, weight, bias).dtype == np.float32
+    assert mm.matmul_forward(*f64(x, weight, bias)).dtype == np.float64
+
+
+# ------------------------------------------------------------------------------------------------
+# Shape assertions: a clear ValueError, never a silent wrong answer
+# ------------------------------------------------------------------------------------------------
+def test_version3_needs_C_multiple_of_4():
+    x, weight, bias, dout = data(10, 50, 8)
+    with pytest.raises(ValueError, match=r"matmul_forward3 loads float4 along C: C must be a multiple of 4, got C=50"):
+        mm.forward(device.empty((10, 8)), x, weight, bias, version=3)
+    with pytest.raises(ValueError, match=r"matmul_backward3 loads float4 along C: C must be a multiple of 4, got C=50"):
+        mm.backward(np.zeros_like(x), np.zeros_like(weight), np.zeros_like(bias), dout, x, weight, version=3)
+
+
+def test_version3_needs_OC_multiple_of_4():
+    x, weight, bias, dout = data(10, 48, 101)
+    with pytest.raises(ValueError, match=r"matmul_forward3 .* OC must be a multiple of 4, got OC=101"):
+        mm.forward(device.empty((10, 101)), x, weight, bias, version=3)
+    with pytest.raises(ValueError, match=r"matmul_backward3 .* OC must be a multiple of 4, got OC=101"):
+        mm.backward(np.zeros_like(x), np.zeros_like(weight), None, dout, x, weight, version=3)
+
+
+def test_version3_needs_16_byte_alignment():
+    x, weight, bias, _ = data(11, 48, 8)
+    x_shifted = np.empty(11 * 48 + 1, np.float32)[1:].reshape(11, 48)  # starts 4 bytes past an aligned address
+    x_shifted[...] = x
+    with pytest.raises(ValueError, match=r"matmul_forward3 loads float4: `x` must start at a 16-byte aligned address"):
+        mm.forward(device.empty((11, 8)), x_shifted, weight, bias, version=3)
+    out = device.empty((11, 8))
+    mm.forward(out, x_shifted, weight, bias, version=2)  # versions 1 and 2 do not care
+    helpers.check("matmul_forward2, shifted x", out, mm.matmul_forward(*f64(x, weight, bias)),
+                  atol=mm.forward_atol(x, weight, bias), rtol=0)
+
+
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+def test_mismatched_shapes_are_refused(version):
+    x, weight, bias, dout = data(6, 8, 12)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., C\) with C=8"):
+        mm.forward(device.empty((6, 12)), x[:, :4].copy(), weight, bias, version=version)
+    with pytest.raises(ValueError, match=r"out must have shape \(6, 12\), got \(6, 13\)"):
+        mm.forward(device.empty((6, 13)), x, weight, bias, version=version)
+    with pytest.raises(ValueError, match=r"bias must have shape \(12,\), got \(11,\)"):
+        mm.forward(device.empty((6, 12)), x, weight, bias[:11].copy(), version=version)
+    with pytest.raises(ValueError, match=r"weight must be 2-D"):
+        mm.forward(device.empty((6, 12)), x, weight.reshape(-1), bias, version=version)
+    with pytest.raises(ValueError, match=r"dout must have shape \(6, 12\), got \(6, 11\)"):
+        mm.backward(np.zeros_like(x), np.zeros_like(weight), None, dout[:, :11].copy(), x, weight, version=version)
+    with pytest.raises(ValueError, match=r"dweight must have shape \(12, 8\)"):
+        mm.backward(np.zeros_like(x), np.zeros((8, 12), np.float32), None, dout, x, weight, version=version)
+
+
+def test_unknown_version_is_refused():
+    x, weight, bias, dout = data(6, 8, 12)
+    with pytest.raises(ValueError, match=r"version must be one of \[1, 2, 3\], got 4"):
+        mm.forward(device.empty((6, 12)), x, weight, bias, version=4)
+    with pytest.raises(ValueError, match=r"version must be one of \[1, 2, 3\], got 0"):
+        mm.backward(np.zeros_like(x), np.zeros_like(weight), None, dout, x, weight, version=0)
+
+
+def test_a_float64_array_is_refused_by_the_launch_check():
+    x, weight, bias, _ = data(6, 8, 12)
+    with pytest.raises(device.LaunchError, match="`x`"):
+        mm.forward(device.empty((6, 12)), x.astype(np.float64), weight, bias, version=2)
+
+
+def test_exercise_solution_2x2():
+    """notebooks/solutions/03_matmul_2x2.cu, the notebook's exercise, at odd shapes, race-free."""
+    path = CUDA_DIR.parent / "notebooks" / "solutions" / "03_matmul_2x2.cu"
+    fn = device.load_module(path).get_function("matmul_forward_2x2")
+    for N, C, OC in [(3 * 37, 48, 101), (2 * 19, 33, 37)]:
+        x, weight, bias, _ = data(N, C, OC)
+        out = device.empty((N, OC))
+        grid = (helpers.ceil_div(OC, 32), helpers.ceil_div(N, 32))
+        fn(grid, (16, 16), (out, x, weight, bias, N, C, OC, 1))
+        helpers.check(f"matmul_forward_2x2 {N}x{C}x{OC}", out, mm.matmul_forward(*f64(x, weight, bias)),
+                      atol=mm.forward_atol(x, weight, bias), rtol=0)
+    device.racecheck(fn, grid, (16, 16), (device.empty((N, OC)), x, weight, bias, N, C, OC, 1))
