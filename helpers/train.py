@@ -1,0 +1,275 @@
+"""Training GPT-2 on tiny Shakespeare: one function for the notebook and the command line.
+
+    python -m helpers.train --steps 400 --out-dir runs/shakespeare
+    python -m helpers.train --help
+
+A run: the model (a fresh config, or `--init-from` a Hugging Face directory / hub name / llm.c
+.bin), AdamW (0.9, 0.95) with weight decay on the 2-D weights, a learning rate that warms up
+linearly and then follows a cosine down to a minimum, gradients clipped to a global norm of 1.0,
+optional gradient accumulation, a validation loss every N steps, a sample every N steps and a
+checkpoint every N steps. Checkpoints hold the model, the optimizer and the data position, written
+atomically; a run started again with the same out_dir resumes from its checkpoint and then produces
+exactly (bit for bit) the losses of a run that was never interrupted. A NaN or infinite loss stops the
+run with a clear error and leaves the last good checkpoint in place. Every step appends one JSON line
+to out_dir/log.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import data, device
+from .checkpoints import atomic_write
+from .gpt2 import GPT2, AdamW, GPT2Config
+from .ops.adamw import clip_coefficient
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a NaN loss, a checkpoint that does not fit the configuration...)."""
+
+
+@dataclass
+class TrainConfig:
+    # model (ignored when init_from is given)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    vocab_size: int = 50257
+    init_from: str | None = None      # Hugging Face directory or hub name, or an llm.c .bin
+    backend: str = "auto"             # numpy | cuda | auto (cuda with a GPU, else numpy)
+    # data
+    data_path: str | None = None      # tiny Shakespeare file or directory (else GPT2_DATA_DIR, cache, download)
+    B: int = 12
+    T: int = 64
+    grad_accum: int = 1
+    seed: int = 0
+    # optimisation
+    steps: int = 400
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # evaluation, samples, checkpoints
+    val_every: int = 50
+    val_batches: int = 8
+    sample_every: int = 100
+    sample_tokens: int = 48
+    checkpoint_every: int = 100
+    out_dir: str = "runs/shakespeare"
+    resume: bool = True
+
+    def validate(self):
+        for k in ("n_layer", "n_head", "n_embd", "vocab_size", "B", "T", "grad_accum", "steps", "val_batches"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be at least 1, got {getattr(self, k)}")
+        for k in ("warmup_steps", "val_every", "sample_every", "checkpoint_every", "sample_tokens"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"{k} must not be negative, got {getattr(self, k)}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if self.backend not in ("auto", "numpy", "cuda"):
+            raise ValueError(f"backend must be numpy, cuda or auto, got {self.backend!r}")
+
+    def resolved_backend(self) -> str:
+        return ("cuda" if device.name == "cupy" else "numpy") if self.backend == "auto" else self.backend
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then a cosine from lr down to min_lr at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - 1 - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints: safetensors (tensors) + JSON (everything else), one file, written atomically
+# ------------------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model: GPT2, opt: AdamW, loader: data.DataLoader, step: int, cfg: TrainConfig):
+    from safetensors.numpy import save_file
+    tensors = {f"param.{k}": v for k, v in model.state().items()}
+    state = opt.state()
+    tensors["adamw.m"], tensors["adamw.v"] = state["m"], state["v"]
+    meta = {"step": step, "adamw_t": state["t"], "loader": loader.state(), "model_config": asdict(model.config),
+            "train_config": asdict(cfg), "format": "gpt2-cuda-notebooks checkpoint 1"}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"meta": json.dumps(meta)}))
+
+
+def load_checkpoint(path: Path):
+    """(meta, tensors) of a checkpoint written by save_checkpoint."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+    with safe_open(str(path), "np") as f:
+        meta = json.loads(f.metadata()["meta"])
+    return meta, load_file(str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling during training (notebook 10 has the full sampler with a KV cache)
+# ------------------------------------------------------------------------------------------------
+def sample_text(model: GPT2, enc, n_tokens: int, seed: int = 0, temperature: float = 1.0) -> str:
+    rng = np.random.default_rng(seed)
+    if hasattr(model, "generate"):
+        ids = list(model.generate(np.array([data.EOT]), n_tokens, temperature=temperature, top_k=40, seed=seed))
+    else:
+        ids = []
+        context = [data.EOT]
+        for _ in range(n_tokens):
+            window = np.array([context[-model.config.block_size:]], np.int32)
+            logits, _ = model.forward(window)
+            z = device.asnumpy(logits[0, -1]).astype(np.float64) / temperature
+            p = np.exp(z - z.max())
+            nxt = int(rng.choice(len(p), p=p / p.sum()))
+            if nxt == data.EOT:
+                break
+            context.append(nxt)
+            ids.append(nxt)
+    return enc.decode([i for i in ids if i != data.EOT])
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig, backend: str) -> GPT2:
+    if cfg.init_from:
+        src = Path(cfg.init_from)
+        if src.suffix == ".bin":
+            return GPT2.from_llmc(src, backend=backend)
+        return GPT2.from_pretrained(cfg.init_from, backend=backend)
+    return GPT2(GPT2Config(vocab_size=cfg.vocab_size, block_size=cfg.T, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                           n_embd=cfg.n_embd), backend=backend, seed=cfg.seed)
+
+
+def evaluate(model: GPT2, val_tokens, cfg: TrainConfig) -> float:
+    """Mean loss over the first val_batches batches of the validation split (always the same ones)."""
+    loader = data.DataLoader(val_tokens, cfg.B, cfg.T, shuffle=False)
+    losses = [model.forward(*loader.next_batch())[1] for _ in range(min(cfg.val_batches, loader.n_chunks))]
+    return float(np.mean(losses))
+
+
+def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) -> list[dict]:
+    """Run (or resume) training; returns the log records. on_step(record, model) is called after each
+    step (the notebook plots from it). `tokens` = (train, val) token arrays, else tiny Shakespeare."""
+    cfg.validate()
+    backend = cfg.resolved_backend()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "checkpoint.safetensors", out / "log.jsonl"
+    train_tokens, val_tokens = tokens if tokens is not None else data.load_tiny_shakespeare(cfg.data_path)
+    enc = data.tokenizer() if cfg.sample_every else None
+    model = build_model(cfg, backend)
+    if cfg.T > model.config.block_size:
+        raise ValueError(f"T={cfg.T} is longer than the model's block_size={model.config.block_size}")
+    opt = AdamW(model, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
+    loader = data.DataLoader(train_tokens, cfg.B, cfg.T, seed=cfg.seed)
+    start = 0
+    if cfg.resume and ckpt_path.is_file():
+        meta, tensors = load_checkpoint(ckpt_path)
+        if meta["model_config"] != asdict(model.config):
+            raise TrainingError(f"{ckpt_path} holds a model {meta['model_config']}, but this run builds "
+                                f"{asdict(model.config)}: use another out_dir, or resume=False to start over")
+        model.load_state({k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")})
+        opt.load_state({"t": meta["adamw_t"], "m": tensors["adamw.m"], "v": tensors["adamw.v"]})
+        loader.load_state(meta["loader"])
+        start = meta["step"]
+        _truncate_log(log_path, start)
+    elif log_path.exists():
+        log_path.unlink()
+    records = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"training ({backend} backend)", unit="step")
+    tokens_per_step = cfg.B * cfg.T * cfg.grad_accum
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            opt.lr = learning_rate(step, cfg)
+            model.zero_grad()
+            loss = 0.0
+            for _ in range(cfg.grad_accum):
+                x, y = loader.next_batch()
+                _, micro = model.forward(x, y)
+                model.backward()
+                loss += micro / cfg.grad_accum
+            norm = model.grad_norm() / cfg.grad_accum  # the gradients are sums of grad_accum means
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was written"
+                raise TrainingError(f"the loss became {loss} (gradient norm {norm}) at step {step}: training diverged. "
+                                    f"Stopped without saving; {good}. Lower the learning rate (now {opt.lr:.3g}) or "
+                                    f"raise warmup_steps, and resume.")
+            opt.step(grad_scale=clip_coefficient(norm, cfg.grad_clip) / cfg.grad_accum)
+            device.synchronize()
+            seconds = time.perf_counter() - t0
+            record = {"step": step, "loss": loss, "val_loss": None, "lr": opt.lr, "grad_norm": norm,
+                      "tokens_per_s": tokens_per_step / seconds, "ms_per_step": 1e3 * seconds}
+            last = step == cfg.steps - 1
+            if cfg.val_every and ((step + 1) % cfg.val_every == 0 or last):
+                record["val_loss"] = evaluate(model, val_tokens, cfg)
+            if cfg.sample_every and ((step + 1) % cfg.sample_every == 0 or last):
+                record["sample"] = sample_text(model, enc, cfg.sample_tokens, seed=step)
+            with open(log_path, "a") as f:
+                f.write(json.dumps({k: v for k, v in record.items() if k != "sample"}) + "\n")
+            if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or last):
+                save_checkpoint(ckpt_path, model, opt, loader, step + 1, cfg)
+            records.append(record)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", **({"val": f"{record['val_loss']:.3f}"} if record["val_loss"] else {}))
+                bar.update(1)
+            if on_step is not None:
+                on_step(record, model)
+    finally:
+        if bar is not None:
+            bar.close()
+    return records
+
+
+def _truncate_log(log_path: Path, step: int):
+    """Keep the log lines of the steps before `step` (a resumed run rewrites what came after)."""
+    if log_path.exists():
+        lines = [l for l in log_path.read_text().splitlines() if l and json.loads(l)["step"] < step]
+        atomic_write(log_path, lambda p: p.write_text("".join(l + "\n" for l in lines)))
+
+
+def read_log(path) -> list[dict]:
+    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m helpers.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper())
+    args = parser.parse_args(argv)
+    cfg = TrainConfig(**vars(args))
+    try:
+        records = train(cfg)
+    except (TrainingError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    last = next((r for r in reversed(records) if r["val_loss"] is not None), None)
+    if last:
+        print(f"step {last['step']}: train loss {last['loss']:.4f}, val loss {last['val_loss']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

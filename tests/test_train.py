@@ -1,0 +1,142 @@
+"""Training: the loss falls, a resumed run is bit-identical to an uninterrupted one, checkpoints are
+atomic, a NaN stops the run, and the command line works."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import data, train
+from helpers.cuda_source import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return data.load_tiny_shakespeare()
+
+
+def tiny(tmp_path, **kw):
+    base = dict(n_layer=1, n_head=2, n_embd=32, B=4, T=16, steps=8, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+                val_every=4, val_batches=2, sample_every=0, checkpoint_every=4, out_dir=str(tmp_path / "run"),
+                backend="numpy")
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def test_learning_rate_schedule():
+    cfg = train.TrainConfig(steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    lrs = [train.learning_rate(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[-1] == pytest.approx(1e-4) and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_loss_goes_down(tmp_path, tokens):
+    records = train.train(tiny(tmp_path, steps=30, val_every=30, checkpoint_every=0), tokens=tokens, progress=False)
+    assert np.mean([r["loss"] for r in records[-5:]]) < records[0]["loss"] - 1.0
+    assert records[-1]["val_loss"] < records[0]["loss"]
+    log = train.read_log(tmp_path / "run" / "log.jsonl")
+    assert [r["step"] for r in log] == list(range(30))
+    assert set(log[0]) == {"step", "loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "ms_per_step"}
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cuda"])
+def test_resume_is_bit_identical(tmp_path, tokens, backend):
+    steps = 8 if backend == "numpy" else 4
+    every = steps // 2
+    whole = train.train(tiny(tmp_path / "a", backend=backend, steps=steps, checkpoint_every=every, val_every=every),
+                        tokens=tokens, progress=False)
+
+    def crash(record, model):
+        if record["step"] == every:  # the step after the checkpoint (taken after `every` steps)
+            raise Interrupt
+    cfg = tiny(tmp_path / "b", backend=backend, steps=steps, checkpoint_every=every, val_every=every)
+    with pytest.raises(Interrupt):
+        train.train(cfg, on_step=crash, tokens=tokens, progress=False)
+    resumed = train.train(cfg, tokens=tokens, progress=False)
+    assert [r["step"] for r in resumed] == list(range(every, steps))
+    for a, b in zip(whole[every:], resumed):
+        assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"] and a["val_loss"] == b["val_loss"], (a, b)
+    assert [r["loss"] for r in train.read_log(tmp_path / "b" / "run" / "log.jsonl")] == [r["loss"] for r in whole]
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tokens, monkeypatch):
+    cfg = tiny(tmp_path, steps=4, checkpoint_every=2)
+    train.train(cfg, tokens=tokens, progress=False)
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    before = path.read_bytes()
+
+    import safetensors.numpy
+
+    def dying_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the machine "crashes" while writing
+    monkeypatch.setattr(safetensors.numpy, "save_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny(tmp_path, steps=6, checkpoint_every=2), tokens=tokens, progress=False)
+    assert path.read_bytes() == before
+    meta, _ = train.load_checkpoint(path)
+    assert meta["step"] == 4
+    assert not list((tmp_path / "run").glob("*.tmp")), "the temporary file is removed"
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, tokens, monkeypatch):
+    cfg = tiny(tmp_path, steps=10, checkpoint_every=2)
+    real_forward = train.GPT2.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None):
+        logits, loss = real_forward(self, idx, targets)
+        if targets is not None:
+            calls["n"] += 1
+            if calls["n"] == 4:
+                loss = float("nan")
+        return logits, loss
+    monkeypatch.setattr(train.GPT2, "forward", poisoned)
+    with pytest.raises(train.TrainingError, match=r"loss became nan .* at step 3: training diverged.*last good "
+                                                  r"checkpoint is .*checkpoint.safetensors"):
+        train.train(cfg, tokens=tokens, progress=False)
+    meta, _ = train.load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert meta["step"] == 2
+
+
+def test_gradient_accumulation_averages(tmp_path, tokens):
+    one = train.train(tiny(tmp_path / "1", steps=1, B=4, val_every=0, checkpoint_every=0), tokens=tokens,
+                      progress=False)
+    two = train.train(tiny(tmp_path / "2", steps=1, B=2, grad_accum=2, val_every=0, checkpoint_every=0), tokens=tokens,
+                      progress=False)
+    assert abs(one[0]["loss"] - two[0]["loss"]) < 0.5 and two[0]["grad_norm"] > 0
+
+
+def test_resume_refuses_a_different_model(tmp_path, tokens):
+    train.train(tiny(tmp_path, steps=2, checkpoint_every=2), tokens=tokens, progress=False)
+    with pytest.raises(train.TrainingError, match="holds a model .* but this run builds"):
+        train.train(tiny(tmp_path, steps=4, n_embd=64), tokens=tokens, progress=False)
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="min_lr <= lr"):
+        train.TrainConfig(lr=1e-4, min_lr=1e-3).validate()
+    with pytest.raises(ValueError, match="backend must be"):
+        train.TrainConfig(backend="torch").validate()
+
+
+def test_command_line(tmp_path):
+    help_text = subprocess.run([sys.executable, "-m", "helpers.train", "--help"], cwd=REPO_ROOT, capture_output=True,
+                               text=True, check=True).stdout
+    assert "--grad-accum" in help_text and "--init-from" in help_text and "--checkpoint-every" in help_text
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "helpers.train", "--steps", "3", "--n-layer", "1", "--n-embd", "32",
+                           "--n-head", "2", "--B", "2", "--T", "16", "--val-every", "3", "--sample-every", "3",
+                           "--sample-tokens", "8", "--out-dir", str(out)], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "step 2: train loss" in proc.stdout and (out / "checkpoint.safetensors").is_file()
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3
+    bad = subprocess.run([sys.executable, "-m", "helpers.train", "--lr", "1e-5", "--min-lr", "1e-3", "--out-dir",
+                          str(out)], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert bad.returncode == 1 and "min_lr <= lr" in bad.stderr
