@@ -1,0 +1,115 @@
+"""Our NumPy backend against PyTorch eager on the CPU, one training step at a time, side by side.
+
+    python benchmarks/train_step.py [--steps 20] [--repeats 2]
+
+Both train the same model (notebook 09's default: L=4, H=4, C=128, T=64, B=12, GPT-2's vocabulary)
+on the same batches of tiny Shakespeare with AdamW (0.9, 0.95), weight decay 0.1, gradient clipping
+at 1.0: ours through helpers.gpt2 (backend "numpy"), PyTorch through Hugging Face's GPT2LMHeadModel
+and torch.optim.AdamW. Each runs in its own fresh process (so peak memory is its own), the two
+alternating `--repeats` times; reported: median tokens/s over the steps after the first two, and
+the process's peak resident memory (ru_maxrss).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=50257)
+B, T = 12, 64
+
+WORKER = r"""
+import json, resource, sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+which, steps = sys.argv[1], int(sys.argv[2])
+config = json.loads(sys.argv[4]); B, T = int(sys.argv[5]), int(sys.argv[6])
+from helpers import data
+train_tokens, _ = data.load_tiny_shakespeare()
+loader = data.DataLoader(train_tokens, B, T, seed=0)
+batches = [loader.next_batch() for _ in range(steps)]
+times, losses = [], []
+if which == "ours":
+    from helpers.gpt2 import GPT2, AdamW, GPT2Config
+    from helpers.ops.adamw import clip_coefficient
+    model = GPT2(GPT2Config(**config), backend="numpy", seed=0)
+    opt = AdamW(model, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    for x, y in batches:
+        t0 = time.perf_counter()
+        _, loss = model.forward(x, y)
+        model.zero_grad()
+        model.backward()
+        opt.step(grad_scale=clip_coefficient(model.grad_norm(), 1.0))
+        times.append(time.perf_counter() - t0)
+        losses.append(loss)
+else:
+    import torch, transformers
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=config["vocab_size"], n_positions=config["block_size"],
+                                  n_embd=config["n_embd"], n_layer=config["n_layer"], n_head=config["n_head"],
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(cfg).train()
+    params = list(model.parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() == 2], "weight_decay": 0.1},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=1e-3, betas=(0.9, 0.95))
+    for x, y in batches:
+        t0 = time.perf_counter()
+        logits = model(torch.from_numpy(x.astype(np.int64))).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                 torch.from_numpy(y.astype(np.int64)).reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        times.append(time.perf_counter() - t0)
+        losses.append(loss.item())
+print(json.dumps({"times": times, "losses": losses,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run(which: str, steps: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", WORKER, which, str(steps), str(ROOT), json.dumps(CONFIG),
+                           str(B), str(T)], capture_output=True, text=True, env=os.environ.copy())
+    if proc.returncode != 0:
+        raise RuntimeError(f"{which} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    import numpy as np
+    results = {"ours": [], "torch": []}
+    for _ in range(args.repeats):
+        for which in ("torch", "ours"):
+            results[which].append(run(which, args.steps))
+    summary = {}
+    for which, runs in results.items():
+        step_times = np.concatenate([r["times"][2:] for r in runs])
+        summary[which] = dict(tokens_per_s=B * T / float(np.median(step_times)), ms_per_step=1e3 * float(np.median(step_times)),
+                              peak_rss_mib=max(r["peak_rss_mib"] for r in runs), first_loss=runs[0]["losses"][0],
+                              last_loss=runs[0]["losses"][-1])
+    print(f"one training step, L={CONFIG['n_layer']} H={CONFIG['n_head']} C={CONFIG['n_embd']} T={T} B={B} "
+          f"V={CONFIG['vocab_size']}, {args.steps} steps x {args.repeats} runs each, {os.cpu_count()} cores")
+    print(f"{'':28}{'tokens/s':>10}{'ms/step':>10}{'peak RSS':>12}{'loss 0 -> last':>18}")
+    names = {"ours": "ours (numpy backend)", "torch": "PyTorch eager (HF GPT-2)"}
+    for which in ("torch", "ours"):
+        s = summary[which]
+        print(f"{names[which]:<28}{s['tokens_per_s']:>10.0f}{s['ms_per_step']:>10.0f}{s['peak_rss_mib']:>9.0f} MiB"
+              f"{s['first_loss']:>9.3f} -> {s['last_loss']:.3f}")
+    speed = summary["ours"]["tokens_per_s"] / summary["torch"]["tokens_per_s"]
+    memory = summary["ours"]["peak_rss_mib"] / summary["torch"]["peak_rss_mib"]
+    print(f"ratio: {speed:.2f}x PyTorch's tokens/s, {memory:.2f}x its peak memory (goal: >= 1.2x, <= 0.7x)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
