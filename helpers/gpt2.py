@@ -30,6 +30,7 @@ from .ops import attention as attention_ops
 from .ops import classifier as classifier_ops
 from .ops import encoder as encoder_ops
 from .ops import gelu as gelu_ops
+from .ops import kv_cache as kv_cache_ops
 from .ops import layernorm as layernorm_ops
 from .ops import matmul as matmul_ops
 
@@ -160,6 +161,12 @@ class NumpyOps:
     def norm_squared(self, flat):
         return fast_numpy.norm_squared(flat)
 
+    def kv_append(self, k_cache, v_cache, qkv, pos):
+        kv_cache_ops.append_reference(k_cache, v_cache, qkv, pos)
+
+    def attention_decode(self, out, qkv, k_cache, v_cache, pos):
+        out[...] = kv_cache_ops.attention_decode_reference(qkv, k_cache, v_cache, pos).reshape(out.shape)
+
 
 class CudaOps:
     """Every op through the kernels of cuda/, on the active device (CuPy or the CPU backend).
@@ -227,6 +234,12 @@ class CudaOps:
 
     def norm_squared(self, flat):
         return float(adamw_ops.global_norm_squared(flat, version=self.v["norm"]))
+
+    def kv_append(self, k_cache, v_cache, qkv, pos):
+        kv_cache_ops.append(k_cache, v_cache, qkv, pos)
+
+    def attention_decode(self, out, qkv, k_cache, v_cache, pos):
+        kv_cache_ops.attention_decode(out, qkv, k_cache, v_cache, pos)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -435,6 +448,18 @@ class GPT2:
     def save_pretrained(self, directory) -> Path:
         from . import checkpoints
         return checkpoints.save_hf(self, directory)
+
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, use_cache: bool = True):
+        """Yield new token ids one at a time, continuing idx (a (T,) or (1, T) array of token ids).
+
+        temperature 0 is greedy; top_k / top_p restrict the choice to the most likely tokens; a seed
+        makes the sample reproducible. Stops at <|endoftext|> or after max_new_tokens. With the key/value
+        cache (default) each token costs one position's work; a prompt longer than the context is cropped
+        to its last block_size tokens (with a warning), and when the context fills up the cache
+        restarts from the last half of it."""
+        from .generate import generate
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache)
 
     @classmethod
     def from_llmc(cls, path, backend: str = "numpy") -> "GPT2":

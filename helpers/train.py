@@ -234,6 +234,18 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
     return records
 
 
+def load_trained(path, backend: str = "numpy") -> GPT2:
+    """The model of a training checkpoint (checkpoint.safetensors, or the run directory holding it)."""
+    path = Path(path)
+    path = path / "checkpoint.safetensors" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {path}: train first (notebook 09, or python -m helpers.train)")
+    meta, tensors = load_checkpoint(path)
+    model = GPT2(GPT2Config(**meta["model_config"]), backend=backend, seed=None)
+    model.load_state({k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")})
+    return model
+
+
 def _truncate_log(log_path: Path, step: int):
     """Keep the log lines of the steps before `step` (a resumed run rewrites what came after)."""
     if log_path.exists():

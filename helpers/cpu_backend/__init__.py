@@ -14,6 +14,7 @@ A launch:
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import re
@@ -244,6 +245,9 @@ def _get_launcher():
     if arena.fd is None or os.environ.get("GPT2_CPU_LAUNCHER", "1") == "0":
         return None
     _state["launcher"] = _launcher.Launcher(_launcher.build(find_compiler(), cache_dir()), arena)
+    if not _state.get("atexit"):
+        atexit.register(lambda: _state.get("launcher") and _state["launcher"].close())
+        _state["atexit"] = True
     return _state["launcher"]
 
 
