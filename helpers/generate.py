@@ -84,8 +84,9 @@ class KVCache:
                                 "fch_gelu": one + (4 * C,), "fcproj": one + (C,), "res3": one + (C,),
                                 "logits": one + (cfg.padded_vocab_size,)}, model.xp)
 
-    def step(self, token: int):
-        """Feed one token at the next position; returns the logits (V,) for the token after it."""
+    def step(self, token: int, logits: bool = True):
+        """Feed one token at the next position; returns the logits (V,) for the token after it
+        (or None with logits=False: the prompt's tokens but the last need only their keys and values)."""
         model, ops, P, A = self.model, self.model.ops, self.model.params, self.acts
         cfg, pos = model.config, self.pos
         if pos >= cfg.block_size:
@@ -107,18 +108,19 @@ class KVCache:
             ops.matmul_forward(A["fcproj"], A["fch_gelu"], P["fcprojw"][l], P["fcprojb"][l])
             ops.residual_forward(A["res3"], A["res2"], A["fcproj"])
             x = A["res3"]  # the next layer reads it before its own last residual overwrites it
+        self.pos += 1
+        if not logits:
+            return None
         ops.layernorm_forward(A["ln"], A["mean"], A["rstd"], x, P["lnfw"], P["lnfb"])
         ops.matmul_forward(A["logits"], A["ln"], P["wte"], None)
-        self.pos += 1
         return device.asnumpy(A["logits"])[0, 0, :cfg.vocab_size]
 
     def prefill(self, tokens) -> np.ndarray:
         """Reset and feed the tokens; returns the logits after the last one."""
         self.pos = 0
-        logits = None
-        for t in tokens:
-            logits = self.step(int(t))
-        return logits
+        for t in tokens[:-1]:
+            self.step(int(t), logits=False)
+        return self.step(int(tokens[-1]))
 
 
 def _prompt(model, idx) -> list[int]:
