@@ -76,6 +76,14 @@ def activation_shapes(cfg: GPT2Config, B: int, T: int, attention_version: int) -
             "logits": (B, T, Vp), "dlogits": (B, T, Vp), "losses": (B, T)}
 
 
+NO_GRADIENT = ("logits", "dlogits", "losses", "lnf_mean", "lnf_rstd", "ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd",
+               "att", "lse")  # activations the backward pass needs no gradient buffer for
+
+
+def activation_gradient_shapes(shapes: dict[str, tuple]) -> dict[str, tuple]:
+    return {k: s for k, s in shapes.items() if k not in NO_GRADIENT}
+
+
 class FlatBuffer:
     """One allocation carved into named views (llm.c's malloc_and_point). Each view starts at a multiple
     of 256 bytes, as cudaMalloc's allocations do, so kernels may load it with float4."""
@@ -319,9 +327,11 @@ class GPT2:
         B, T = B or self.B or 1, T or self.T or self.config.block_size
         cfg = self.config
         p = sum(int(np.prod(s)) for s in parameter_shapes(cfg).values()) * 4
-        a = sum(int(np.prod(s)) for s in activation_shapes(cfg, B, T, getattr(self.ops, "attention_version", 1)).values()) * 4
+        acts = activation_shapes(cfg, B, T, getattr(self.ops, "attention_version", 1))
+        a = sum(int(np.prod(s)) for s in acts.values()) * 4
+        da = sum(int(np.prod(s)) for s in activation_gradient_shapes(acts).values()) * 4
         rows = [("parameters", p), ("gradients", p), ("AdamW m", p), ("AdamW v", p), (f"activations (B={B}, T={T})", a),
-                ("activation gradients", a)]
+                ("activation gradients", da)]
         lines = [f"memory plan, {self.backend} backend, {self.num_parameters():,} parameters"]
         lines += [f"  {name:<30}{_mib(n)}" for name, n in rows]
         lines.append(f"  {'total':<30}{_mib(sum(n for _, n in rows))}")
@@ -403,10 +413,7 @@ class GPT2:
             self.zero_grad()
         cfg, ops, A, P, G = self.config, self.ops, self.acts, self.params, self.grads
         if self.grad_acts is None:
-            shapes = {k: s for k, s in A.shapes.items() if k not in ("logits", "dlogits", "losses", "lnf_mean",
-                                                                     "lnf_rstd", "ln1_mean", "ln1_rstd", "ln2_mean",
-                                                                     "ln2_rstd", "att", "lse")}
-            self.grad_acts = FlatBuffer(shapes, self.xp)
+            self.grad_acts = FlatBuffer(activation_gradient_shapes(A.shapes), self.xp)
         D = self.grad_acts
         D.memory[...] = 0
         NH, L = cfg.n_head, cfg.n_layer
