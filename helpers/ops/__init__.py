@@ -11,3 +11,15 @@ Conventions (shared by all ops, used by the model in helpers.gpt2):
   chosen version with a clear ValueError before launching, and returns nothing;
 - `VERSIONS` in each module lists the kernel versions, numbered like llm.c's dev/cuda.
 """
+
+import numpy as np
+
+
+def check_array(fname: str, argname: str, a, ndim: int, dtype) -> None:
+    """A clear ValueError unless `a` has ndim dimensions, the dtype, and C-contiguous memory."""
+    if a.ndim != ndim:
+        raise ValueError(f"{fname}: `{argname}` must have {ndim} dimensions, got shape {tuple(int(s) for s in a.shape)}")
+    if a.dtype != dtype:
+        raise ValueError(f"{fname}: `{argname}` must be {np.dtype(dtype).name}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{fname}: `{argname}` must be C-contiguous (xp.ascontiguousarray)")

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import ceil_div, device
+from . import check_array
 
 #: Kernel versions in cuda/classifier.cu.
 VERSIONS = {
@@ -95,36 +96,23 @@ class Launch(NamedTuple):
         self.fn(self.grid, self.block, self.args, self.shared_mem)
 
 
-_module = None
-
-
 def module():
-    """cuda/classifier.cu, compiled once for the active backend."""
-    global _module
-    if _module is None:
-        _module = device.load_module("classifier.cu")
-    return _module
+    """cuda/classifier.cu, compiled for the active backend (device.load_module caches it)."""
+    return device.load_module("classifier.cu")
 
 
 def _shape(a):
     return tuple(int(s) for s in a.shape)
 
 
-def _check_array(fname, argname, a, ndim, dtype):
-    if a.ndim != ndim:
-        raise ValueError(f"{fname}: `{argname}` must have {ndim} dimensions, got shape {_shape(a)}")
-    if a.dtype != dtype:
-        raise ValueError(f"{fname}: `{argname}` must be {np.dtype(dtype).name}, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{fname}: `{argname}` must be C-contiguous (xp.ascontiguousarray)")
 
 
 def _check_rows(fname, rows_name, rows, per_row):
     """`rows` (B, T, Vp) float32; each of `per_row` {name: (array, dtype)} must be (B, T)."""
-    _check_array(fname, rows_name, rows, 3, np.float32)
+    check_array(fname, rows_name, rows, 3, np.float32)
     B, T, Vp = _shape(rows)
     for name, (a, dtype) in per_row.items():
-        _check_array(fname, name, a, 2, dtype)
+        check_array(fname, name, a, 2, dtype)
         if _shape(a) != (B, T):
             raise ValueError(f"{fname}: `{name}` must be (B, T) = {(B, T)}, one value per row of `{rows_name}` "
                              f"{_shape(rows)}, got {_shape(a)}")
@@ -132,7 +120,7 @@ def _check_rows(fname, rows_name, rows, per_row):
 
 
 def _check_same_shape(fname, name, a, ref_name, ref):
-    _check_array(fname, name, a, 3, np.float32)
+    check_array(fname, name, a, 3, np.float32)
     if _shape(a) != _shape(ref):
         raise ValueError(f"{fname}: `{name}` must have the shape of `{ref_name}`, {_shape(ref)}, got {_shape(a)}")
 
@@ -173,7 +161,7 @@ def softmax_launch(probs, logits, V, version=1) -> Launch:
     """The checked launch of `softmax` (see there), not yet run."""
     fname = f"softmax_forward{version}"
     _check_version("classifier.softmax", version, (1,))
-    _check_array(fname, "logits", logits, 3, np.float32)
+    check_array(fname, "logits", logits, 3, np.float32)
     _check_same_shape(fname, "probs", probs, "logits", logits)
     B, T, Vp = _shape(logits)
     _check_V(fname, V, Vp)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ceil_div, device
+from . import check_array
 
 #: Kernel versions in cuda/encoder.cu (forward and backward share the numbers).
 VERSIONS = {
@@ -50,37 +51,24 @@ def encoder_backward(dwte, dwpe, dout, idx):
 # ------------------------------------------------------------------------------------------------
 # Kernel wrappers
 # ------------------------------------------------------------------------------------------------
-_module = None
-
-
 def module():
-    """cuda/encoder.cu, compiled once for the active backend."""
-    global _module
-    if _module is None:
-        _module = device.load_module("encoder.cu")
-    return _module
+    """cuda/encoder.cu, compiled for the active backend (device.load_module caches it)."""
+    return device.load_module("encoder.cu")
 
 
 def _shape(a):
     return tuple(int(s) for s in a.shape)
 
 
-def _check_array(fname, argname, a, ndim, dtype):
-    if a.ndim != ndim:
-        raise ValueError(f"{fname}: `{argname}` must have {ndim} dimensions, got shape {_shape(a)}")
-    if a.dtype != dtype:
-        raise ValueError(f"{fname}: `{argname}` must be {np.dtype(dtype).name}, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{fname}: `{argname}` must be C-contiguous (np.ascontiguousarray)")
 
 
 def _check_shapes(fname, names, table, pos_table, activ, idx):
     """Shapes and dtypes shared by forward and backward; returns B, T, C, V, maxT."""
     table_name, pos_name, activ_name = names
-    _check_array(fname, "idx", idx, 2, np.int32)
-    _check_array(fname, table_name, table, 2, np.float32)
-    _check_array(fname, pos_name, pos_table, 2, np.float32)
-    _check_array(fname, activ_name, activ, 3, np.float32)
+    check_array(fname, "idx", idx, 2, np.int32)
+    check_array(fname, table_name, table, 2, np.float32)
+    check_array(fname, pos_name, pos_table, 2, np.float32)
+    check_array(fname, activ_name, activ, 3, np.float32)
     B, T = _shape(idx)
     V, C = _shape(table)
     maxT, Cp = _shape(pos_table)

@@ -10,14 +10,9 @@ from .. import device
 
 VERSIONS = {1: "attention_decode: one block per head, scores in shared memory, block reductions"}
 DECODE_BLOCK = 128
-_module = None
-
-
 def module():
-    global _module
-    if _module is None:
-        _module = device.load_module("kv_cache.cu")
-    return _module
+    """cuda/kv_cache.cu, compiled for the active backend (device.load_module caches it)."""
+    return device.load_module("kv_cache.cu")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -81,14 +81,8 @@ def layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd) -> None:
 # ------------------------------------------------------------------------------------------------
 # Kernel wrappers
 # ------------------------------------------------------------------------------------------------
-_module = None
-
-
 def _kernel(name):
-    global _module
-    if _module is None:
-        _module = device.load_module("layernorm.cu")
-    return _module.get_function(name)
+    return device.load_module("layernorm.cu").get_function(name)
 
 
 def _shape(a):
