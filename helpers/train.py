@@ -47,6 +47,8 @@ class TrainConfig:
     backend: str = "auto"             # numpy | cuda | auto (cuda with a GPU, else numpy)
     # data
     data_path: str | None = None      # tiny Shakespeare file or directory (else GPT2_DATA_DIR, cache, download)
+    train_bin: str | None = None      # or llm.c token files (e.g. shards made by llm.c's dev/data scripts)
+    val_bin: str | None = None
     B: int = 12
     T: int = 64
     grad_accum: int = 1
@@ -165,7 +167,14 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "checkpoint.safetensors", out / "log.jsonl"
-    train_tokens, val_tokens = tokens if tokens is not None else data.load_tiny_shakespeare(cfg.data_path)
+    if tokens is not None:
+        train_tokens, val_tokens = tokens
+    elif cfg.train_bin or cfg.val_bin:
+        if not (cfg.train_bin and cfg.val_bin):
+            raise ValueError("give both train_bin and val_bin (llm.c token files), or neither")
+        train_tokens, val_tokens = data.read_token_file(cfg.train_bin), data.read_token_file(cfg.val_bin)
+    else:
+        train_tokens, val_tokens = data.load_tiny_shakespeare(cfg.data_path)
     enc = data.tokenizer() if cfg.sample_every else None
     model = build_model(cfg, backend)
     if cfg.T > model.config.block_size:

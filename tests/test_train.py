@@ -119,6 +119,16 @@ def test_resume_refuses_a_different_model(tmp_path, tokens):
         train.train(tiny(tmp_path, steps=4, n_embd=64), tokens=tokens, progress=False)
 
 
+def test_trains_from_llmc_token_files(tmp_path, tokens):
+    train_bin = data.write_token_file(tmp_path / "tiny_train.bin", tokens[0][:20000])
+    val_bin = data.write_token_file(tmp_path / "tiny_val.bin", tokens[1][:4000])
+    records = train.train(tiny(tmp_path, steps=3, train_bin=str(train_bin), val_bin=str(val_bin), val_every=3,
+                               checkpoint_every=0), progress=False)
+    assert len(records) == 3 and records[-1]["val_loss"] is not None
+    with pytest.raises(ValueError, match="give both train_bin and val_bin"):
+        train.train(tiny(tmp_path, train_bin=str(train_bin)), progress=False)
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="min_lr <= lr"):
         train.TrainConfig(lr=1e-4, min_lr=1e-3).validate()
