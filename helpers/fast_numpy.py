@@ -100,14 +100,13 @@ def classifier(losses, dlogits, logits, targets, V, dloss):
     lf, df = logits.reshape(-1, Vp), dlogits.reshape(-1, Vp)
     tf, loss_f = targets.reshape(-1), losses.reshape(-1)
 
-    def rows(lo, hi):
+    def rows(lo, hi):                   # five passes over the rows: max, subtract, exp, sum, scale
         d = df[lo:hi]
-        np.copyto(d, lf[lo:hi])
+        m = lf[lo:hi, :V].max(axis=1, keepdims=True)
+        np.subtract(lf[lo:hi], m, out=d)
         d[:, V:] = -np.inf               # the padded columns take no part (exp(-inf) = 0)
-        m = d.max(axis=1, keepdims=True)
-        d -= m
         np.exp(d, out=d)
-        s = d.sum(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+        s = d.sum(axis=1, keepdims=True)  # (NumPy sums pairwise: float32 is accurate enough here)
         r = np.arange(lo, hi)
         loss_f[lo:hi] = np.log(s[:, 0]) - (lf[r, tf[lo:hi]] - m[:, 0])   # -log softmax at the target
         d *= np.float32(dloss) / s
