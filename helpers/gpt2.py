@@ -15,10 +15,7 @@ is padded to a multiple of 128 for the kernels (llm.c: 50257 -> 50304), the padd
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -367,7 +364,7 @@ class GPT2:
             targets = self._check_tokens("targets", targets, idx.shape)
         self._plan(B, T)
         A, P = self.acts, self.params
-        C, NH, L = cfg.n_embd, cfg.n_head, cfg.n_layer
+        NH, L = cfg.n_head, cfg.n_layer
         self._idx_host = idx
         self._idx = idx if ops.name == "numpy" else device.asarray(idx)
         ops.encoder_forward(A["encoded"], self._idx, P["wte"], P["wpe"])

@@ -1,6 +1,5 @@
 """Training: the loss falls, a resumed run is bit-identical to an uninterrupted one, checkpoints are
 atomic, a NaN stops the run, and the command line works."""
-import json
 import subprocess
 import sys
 
