@@ -19,7 +19,6 @@ def still_works():
     x = np.arange(1000, dtype=np.float32)
     out = np.zeros(1000, np.float32)
     mod.get_function("reverse_in_block")((8,), (128,), (x, out, 1000))
-    assert out[999 - 127 + 127] == x[896] or out.any()
     assert np.array_equal(out[:128], x[:128][::-1])
 
 
