@@ -149,20 +149,28 @@ def device_to_host_flat(model) -> np.ndarray:
     return np.concatenate([t.ravel() for t in model.state().values()]).astype(np.float32)
 
 
+def read_llmc_header(path, magic: int, versions: dict, what: str):
+    """(header, file bytes) of an llm.c file: 256 int32 of header (magic, version, ...), then data.
+    `versions` maps the accepted version numbers to their names, for the error message."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    data = path.read_bytes()
+    if len(data) < 1024:
+        raise ValueError(f"{path} is {len(data)} bytes, too short for the 1024-byte header of an {what}")
+    header = np.frombuffer(data[:1024], np.int32)
+    if header[0] != magic:
+        raise ValueError(f"{path}: bad magic number {header[0]} ({what}s start with {magic})")
+    if header[1] not in versions:
+        known = ", ".join(f"{v} = {name}" for v, name in versions.items())
+        raise ValueError(f"{path}: version {header[1]} unknown ({known})")
+    return header, data
+
+
 def read_llmc(path):
     """(GPT2Config, tensors) from an llm.c model file (fp32, or bf16 widened to fp32)."""
     from .gpt2 import GPT2Config, parameter_shapes
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no llm.c model file at {path}")
-    data = path.read_bytes()
-    if len(data) < 1024:
-        raise ValueError(f"{path} is {len(data)} bytes, too short for llm.c's 1024-byte header")
-    header = np.frombuffer(data[:1024], np.int32)
-    if header[0] != LLMC_MAGIC:
-        raise ValueError(f"{path}: bad magic number {header[0]} (llm.c model files start with {LLMC_MAGIC})")
-    if header[1] not in (LLMC_FP32, LLMC_BF16):
-        raise ValueError(f"{path}: version {header[1]} unknown (3 = fp32, 5 = bf16)")
+    header, data = read_llmc_header(path, LLMC_MAGIC, {LLMC_FP32: "fp32", LLMC_BF16: "bf16"}, "llm.c model file")
     maxT, V, L, NH, C, Vp = (int(x) for x in header[2:8])
     config = GPT2Config(vocab_size=V, block_size=maxT, n_layer=L, n_head=NH, n_embd=C)
     if config.padded_vocab_size != Vp and Vp < V:

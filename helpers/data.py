@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoints import atomic_write
+from .checkpoints import atomic_write, read_llmc_header
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -113,17 +113,7 @@ def write_token_file(path, tokens) -> Path:
 
 
 def read_token_file(path) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no token file at {path}")
-    data = path.read_bytes()
-    if len(data) < 1024:
-        raise ValueError(f"{path} is {len(data)} bytes, too short for the 1024-byte header of an llm.c token file")
-    header = np.frombuffer(data[:1024], np.int32)
-    if header[0] != TOKEN_MAGIC:
-        raise ValueError(f"{path}: bad magic number {header[0]} (llm.c token files start with {TOKEN_MAGIC})")
-    if header[1] != TOKEN_VERSION:
-        raise ValueError(f"{path}: token file version {header[1]}, expected {TOKEN_VERSION}")
+    header, data = read_llmc_header(path, TOKEN_MAGIC, {TOKEN_VERSION: "uint16 tokens"}, "llm.c token file")
     n = int(header[2])
     if len(data) != 1024 + 2 * n:
         raise ValueError(f"{path}: header says {n} tokens ({2 * n} bytes) but {len(data) - 1024} bytes follow it")
