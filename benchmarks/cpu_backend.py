@@ -127,10 +127,12 @@ def main():
             print(f"   {workers} core(s), {threads:4d} threads/block: {(t - base) / switches * 1e9 * workers:5.1f} ns "
                   f"per switch (core time)")
 
+    def matrices(M, K, N):
+        return (rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((K, N)).astype(np.float32),
+                np.zeros((M, N), np.float32))
+
     M, K, N = 256, 128, 384
-    A = rng.standard_normal((M, K)).astype(np.float32)
-    B = rng.standard_normal((K, N)).astype(np.float32)
-    C = np.zeros((M, N), np.float32)
+    A, B, C = matrices(M, K, N)
     t_numpy = best_of(lambda: A @ B, repeat=300)
     loop = c_loop()
     t_loop = best_of(lambda: loop(A, B, C, M, K, N))
@@ -145,9 +147,7 @@ def main():
               f"{t / t_loop:5.1f}x the C loop ({cpu_backend.last_launch.switches:,} switches)")
 
     M, K, N = 64, 96, 64
-    A = rng.standard_normal((M, K)).astype(np.float32)
-    B = rng.standard_normal((K, N)).astype(np.float32)
-    C = np.zeros((M, N), np.float32)
+    A, B, C = matrices(M, K, N)
     t = best_of(lambda: mm((N // 16, M // 16), (16, 16), (A, B, C, M, K, N)))
     measured = numba_simulator_seconds(M, K, N)
     numba_s = measured if measured is not None else NUMBA_SIMULATOR_SECONDS_QUOTED

@@ -445,12 +445,16 @@ class GPT2:
 
     # -- saving and loading ----------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path, backend: str = "numpy") -> "GPT2":
-        from . import checkpoints
-        config, tensors = checkpoints.load_hf(name_or_path)
+    def from_tensors(cls, config: GPT2Config, tensors: dict, backend: str = "numpy") -> "GPT2":
+        """A model of `config` holding llm.c-layout `tensors` (checked against the config)."""
         model = cls(config, backend=backend, seed=None)
         model.load_state(tensors)
         return model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, backend: str = "numpy") -> "GPT2":
+        from . import checkpoints
+        return cls.from_tensors(*checkpoints.load_hf(name_or_path), backend=backend)
 
     def save_pretrained(self, directory) -> Path:
         from . import checkpoints
@@ -472,10 +476,7 @@ class GPT2:
     def from_llmc(cls, path, backend: str = "numpy") -> "GPT2":
         """A model from llm.c's gpt2_124M.bin format."""
         from . import checkpoints
-        config, tensors = checkpoints.read_llmc(path)
-        model = cls(config, backend=backend, seed=None)
-        model.load_state(tensors)
-        return model
+        return cls.from_tensors(*checkpoints.read_llmc(path), backend=backend)
 
     def save_llmc(self, path) -> Path:
         from . import checkpoints

@@ -187,7 +187,7 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
         if meta["model_config"] != asdict(model.config):
             raise TrainingError(f"{ckpt_path} holds a model {meta['model_config']}, but this run builds "
                                 f"{asdict(model.config)}: use another out_dir, or resume=False to start over")
-        model.load_state({k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")})
+        model.load_state(_params(tensors))
         opt.load_state({"t": meta["adamw_t"], "m": tensors["adamw.m"], "v": tensors["adamw.v"]})
         loader.load_state(meta["loader"])
         start = meta["step"]
@@ -250,9 +250,12 @@ def load_trained(path, backend: str = "numpy") -> GPT2:
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}: train first (notebook 09, or python -m helpers.train)")
     meta, tensors = load_checkpoint(path)
-    model = GPT2(GPT2Config(**meta["model_config"]), backend=backend, seed=None)
-    model.load_state({k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")})
-    return model
+    return GPT2.from_tensors(GPT2Config(**meta["model_config"]), _params(tensors), backend=backend)
+
+
+def _params(tensors: dict) -> dict:
+    """The model's tensors of a checkpoint (stored as param.<name>)."""
+    return {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
 
 
 def _truncate_log(log_path: Path, step: int):
