@@ -461,16 +461,18 @@ class GPT2:
         return checkpoints.save_hf(self, directory)
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None, use_cache: bool = True):
+                 top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
+                 stop_token: int | None = 50256):
         """Yield new token ids one at a time, continuing idx (a (T,) or (1, T) array of token ids).
 
         temperature 0 is greedy; top_k / top_p restrict the choice to the most likely tokens; a seed
-        makes the sample reproducible. Stops at <|endoftext|> or after max_new_tokens. With the key/value
+        makes the sample reproducible. Stops at `stop_token` (<|endoftext|>; None: never, the token is
+        yielded like any other) or after max_new_tokens. With the key/value
         cache (default) each token costs one position's work; a prompt longer than the context is cropped
         to its last block_size tokens (with a warning), and when the context fills up the cache
         restarts from the last half of it."""
         from .generate import generate
-        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache)
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_token)
 
     @classmethod
     def from_llmc(cls, path, backend: str = "numpy") -> "GPT2":

@@ -10,15 +10,31 @@ import numpy as np
 from . import checkpoints
 
 
+INSTALL = ("pip install torch --index-url https://download.pytorch.org/whl/cpu && pip install -e '.[reference]'"
+           "  (the first part is PyTorch's small CPU-only build; Colab already has torch, there run only the second)")
+
+
 def require():
     """(torch, transformers), or an ImportError that says how to install them."""
     try:
         import torch
         import transformers
     except ImportError as e:
-        raise ImportError(f"the Hugging Face reference needs PyTorch and transformers ({e}): "
-                          f"pip install -e '.[reference]'") from e
+        raise ImportError(f"the Hugging Face reference needs PyTorch and transformers ({e}). Install them with: "
+                          f"{INSTALL}") from e
     return torch, transformers
+
+
+def optional():
+    """(torch, transformers) when installed, else None after printing what is skipped and how to install
+    them: notebooks compare with Hugging Face when they can and run without it."""
+    try:
+        return require()
+    except ImportError as e:
+        print(f"Hugging Face's GPT-2 is not installed here ({e.__cause__}), so the comparisons with it are skipped "
+              f"and the two backends are compared with each other only.\nFor the comparison with code nobody here "
+              f"wrote, install it, then restart the kernel:\n    {INSTALL}")
+        return None
 
 
 def model_like(model, directory=None):

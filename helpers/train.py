@@ -36,38 +36,49 @@ class TrainingError(RuntimeError):
     """The run cannot go on (a NaN loss, a checkpoint that does not fit the configuration...)."""
 
 
+def setting(default, help: str, group: str):
+    """A TrainConfig field with its --help text and its section of the help."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group})
+
+
+MODEL, DATA, OPTIMISATION, OUTPUT = "model", "data", "optimisation", "evaluation, samples and checkpoints"
+
+
 @dataclass
 class TrainConfig:
-    # model (ignored when init_from is given)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    vocab_size: int = 50257
-    init_from: str | None = None      # Hugging Face directory or hub name, or an llm.c .bin
-    backend: str = "auto"             # numpy | cuda | auto (cuda with a GPU, else numpy)
-    # data
-    data_path: str | None = None      # tiny Shakespeare file or directory (else GPT2_DATA_DIR, cache, download)
-    train_bin: str | None = None      # or llm.c token files (e.g. shards made by llm.c's dev/data scripts)
-    val_bin: str | None = None
-    B: int = 12
-    T: int = 64
-    grad_accum: int = 1
-    seed: int = 0
-    # optimisation
-    steps: int = 400
-    lr: float = 2e-3
-    min_lr: float = 2e-4
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    # evaluation, samples, checkpoints
-    val_every: int = 50
-    val_batches: int = 8
-    sample_every: int = 100
-    sample_tokens: int = 48
-    checkpoint_every: int = 100
-    out_dir: str = "runs/shakespeare"
-    resume: bool = True
+    n_layer: int = setting(4, "transformer blocks (L)", MODEL)
+    n_head: int = setting(4, "attention heads per block (n_embd must be a multiple of it)", MODEL)
+    n_embd: int = setting(128, "channels (C), the width of the residual stream", MODEL)
+    vocab_size: int = setting(50257, "vocabulary size (GPT-2's tokenizer has 50257 tokens)", MODEL)
+    init_from: str | None = setting(None, "start from trained weights instead of a fresh model: a Hugging Face "
+                                          "directory or hub name (e.g. gpt2), or llm.c's gpt2_124M.bin; the model "
+                                          "settings above are then ignored", MODEL)
+    backend: str = setting("auto", "numpy (NumPy references, fast on a CPU), cuda (the kernels: on a GPU, or "
+                                   "emulated by the CPU backend, slowly) or auto (cuda with a GPU, else numpy)", MODEL)
+    data_path: str | None = setting(None, "tiny Shakespeare's input.txt or its directory (unset: "
+                                          "$GPT2_DATA_DIR, then the cache, then a download)", DATA)
+    train_bin: str | None = setting(None, "train on an llm.c token file instead (with --val-bin), e.g. a shard made "
+                                          "by llm.c's dev/data scripts", DATA)
+    val_bin: str | None = setting(None, "the llm.c token file of the validation split (with --train-bin)", DATA)
+    B: int = setting(12, "sequences per batch", DATA)
+    T: int = setting(64, "tokens per sequence (the model's context length, block_size)", DATA)
+    grad_accum: int = setting(1, "batches whose gradients add up before each update (a larger effective "
+                                 "batch in the same memory)", DATA)
+    seed: int = setting(0, "seed of the initial weights and of the order of the batches", DATA)
+    steps: int = setting(400, "optimizer updates in the whole run", OPTIMISATION)
+    lr: float = setting(2e-3, "peak learning rate, reached after the warmup", OPTIMISATION)
+    min_lr: float = setting(2e-4, "learning rate at the last step, where the cosine ends", OPTIMISATION)
+    warmup_steps: int = setting(30, "steps of linear warmup from lr/warmup_steps to lr", OPTIMISATION)
+    weight_decay: float = setting(0.1, "AdamW's weight decay, on the 2-D weights only", OPTIMISATION)
+    grad_clip: float = setting(1.0, "the gradients' global norm is clipped to this", OPTIMISATION)
+    val_every: int = setting(50, "steps between validation losses (0: only at the end)", OUTPUT)
+    val_batches: int = setting(8, "batches of the validation split averaged for each validation loss", OUTPUT)
+    sample_every: int = setting(100, "steps between printed samples (0: none)", OUTPUT)
+    sample_tokens: int = setting(48, "tokens per sample", OUTPUT)
+    checkpoint_every: int = setting(100, "steps between checkpoints (0: only at the end)", OUTPUT)
+    out_dir: str = setting("runs/shakespeare", "directory of the run: checkpoint.safetensors and log.jsonl", OUTPUT)
+    resume: bool = setting(True, "continue from out_dir's checkpoint when there is one (--no-resume starts "
+                                 "over)", OUTPUT)
 
     def validate(self):
         for k in ("n_layer", "n_head", "n_embd", "vocab_size", "B", "T", "grad_accum", "steps", "val_batches"):
@@ -274,14 +285,19 @@ def read_log(path) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m helpers.train", description=__doc__.split("\n\n")[0],
+                                     epilog="Example: python -m helpers.train --steps 200 --out-dir runs/short",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    groups = {}
     for f in dataclasses.fields(TrainConfig):
+        group = groups.get(f.metadata["group"]) or groups.setdefault(f.metadata["group"],
+                                                                     parser.add_argument_group(f.metadata["group"]))
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper())
+            metavar = {int: "N", float: "X"}.get(kind, "NAME" if f.name == "backend" else "PATH")
+            group.add_argument(flag, type=kind, default=f.default, metavar=metavar, help=f.metadata["help"])
     args = parser.parse_args(argv)
     cfg = TrainConfig(**vars(args))
     try:

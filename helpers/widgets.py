@@ -6,6 +6,10 @@
 Generation runs in a background thread, so the notebook stays responsive and Stop can end it mid-way;
 text is added to the output area with the widget's own `append_stdout`, which streams to the browser
 (and is what tests read back). An empty prompt starts from <|endoftext|>.
+
+By default generation goes on past <|endoftext|> (shown as a blank line: in tiny Shakespeare it ends
+each speech, so a sample would otherwise stop after one short speech); "stop at <|endoftext|>" ends
+it there. The status line always says why it ended: the token limit, <|endoftext|>, Stop, or an error.
 """
 from __future__ import annotations
 
@@ -41,16 +45,22 @@ class SamplingWidget(W.VBox):
         self.top_p = W.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p (1: off)",
                                    style=style, layout=wide)
         self.seed = W.IntText(value=0, description="seed", style=style, layout=W.Layout(width="220px"))
-        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
-        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
-        self.status = W.HTML(value="")
+        self.stop_at_eot = W.Checkbox(value=False, description="stop at <|endoftext|>", indent=False,
+                                      layout=W.Layout(width="200px"))
+        button = W.Layout(width="120px", min_width="120px")
+        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play", layout=button)
+        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
+                                    layout=button)
+        # its own line, as wide as the output: a long message wraps instead of squeezing the buttons
+        self.status = W.HTML(value="", layout=W.Layout(width="600px"))
+        self.reason = ""  # why the last generation ended: "max_new_tokens", "endoftext", "stopped" or "error"
         self.output = W.Output(layout=W.Layout(border="1px solid #ccc", padding="6px", min_height="80px",
                                                width="600px"))
         self.generate_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         super().__init__([self.model_choice, self.prompt, self.max_new_tokens, self.temperature, self.top_k,
-                          self.top_p, self.seed, W.HBox([self.generate_button, self.stop_button, self.status]),
-                          self.output])
+                          self.top_p, W.HBox([self.seed, self.stop_at_eot]),
+                          W.HBox([self.generate_button, self.stop_button]), self.status, self.output])
 
     # -- the model ------------------------------------------------------------------------------------
     def model(self):
@@ -90,25 +100,41 @@ class SamplingWidget(W.VBox):
         self._thread.start()
 
     def _run(self, ids, settings):
-        n, t0, pending = 0, time.perf_counter(), []
+        n, t0, pending, speeches = 0, time.perf_counter(), [], 0
+        self.reason = ""
         try:
             model = self.model()
-            for token in model.generate(np.array(ids), **settings):
+            stop_token = EOT if self.stop_at_eot.value else None
+            for token in model.generate(np.array(ids), stop_token=stop_token, **settings):
                 n += 1
-                pending.append(token)
-                text = self.tokenizer.decode(pending)
-                if not text.endswith("\ufffd") or len(pending) >= 4:  # a character split over tokens waits
-                    self.output.append_stdout(text)
+                if token == EOT:   # going on past the end of a document: a blank line, as in the text
+                    speeches += 1
+                    self.output.append_stdout(self.tokenizer.decode(pending) + "\n\n")
                     pending = []
+                else:
+                    pending.append(token)
+                    text = self.tokenizer.decode(pending)
+                    if not text.endswith("\ufffd") or len(pending) >= 4:  # a character split over tokens waits
+                        self.output.append_stdout(text)
+                        pending = []
                 self.status.value = f"{n} tokens, {n / (time.perf_counter() - t0):.1f} tokens/s"
                 if self._stop.is_set():
                     break
             if pending:
                 self.output.append_stdout(self.tokenizer.decode(pending))
             rate = n / max(time.perf_counter() - t0, 1e-9)
-            ending = "stopped" if self._stop.is_set() else "done"
-            self.status.value = f"{ending}: {n} tokens, {rate:.1f} tokens/s"
+            if self._stop.is_set():
+                self.reason, why = "stopped", "by the Stop button"
+            elif n < settings["max_new_tokens"]:
+                self.reason, why = "endoftext", ("the model wrote <|endoftext|> (the end of a speech); untick "
+                                                 "'stop at <|endoftext|>' to go on past it")
+            else:
+                self.reason, why = "max_new_tokens", "reached max new tokens"
+            crossed = f", past {speeches} <|endoftext|>" if speeches else ""
+            ending = "stopped" if self.reason == "stopped" else "done"
+            self.status.value = f"{ending}: {n} tokens, {rate:.1f} tokens/s{crossed}: {why}"
         except Exception as e:  # shown in the widget, never raised into a thread nobody watches
+            self.reason = "error"
             self.status.value = f"<span style='color:#b00'>{type(e).__name__}: {e}</span>"
         finally:
             self.generate_button.disabled, self.stop_button.disabled = False, True

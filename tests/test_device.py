@@ -92,14 +92,36 @@ def test_check_uses_the_relative_part_and_catches_nan_and_shapes():
         helpers.check("shape", np.zeros(3), np.zeros(4))
 
 
+def committed_notebooks() -> dict[str, str]:
+    """path -> text of every notebook as committed (HEAD), not as in the working copy: a learner's
+    notebooks hold outputs once JupyterLab has saved them, and that must not fail their test run."""
+    git = subprocess.run(["git", "ls-files", "-z", "*.ipynb"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if git.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs in a git checkout, but git ls-files failed: {git.stderr.strip()}")
+        pytest.skip("not a git checkout: there is no committed version to check")
+    paths = [p for p in git.stdout.split("\0") if p]
+    blobs = {p: subprocess.run(["git", "show", f"HEAD:{p}"], cwd=REPO_ROOT, capture_output=True, text=True)
+             for p in paths}
+    return {p: b.stdout for p, b in blobs.items() if b.returncode == 0}  # (a notebook added but not committed yet)
+
+
 def test_notebooks_are_committed_without_outputs():
-    tracked = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
-    notebooks = [REPO_ROOT / p for p in tracked.split()] or sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
-    assert notebooks, "no notebooks found"
-    for nb in notebooks:
-        cells = json.loads(nb.read_text())["cells"]
+    notebooks = committed_notebooks()
+    assert notebooks, "no committed notebooks found"
+    for path, text in notebooks.items():
+        cells = json.loads(text)["cells"]
         dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
-        assert not dirty, f"{nb.name}: cells {dirty} have outputs; strip them with `nbstripout {nb}`"
+        assert not dirty, (f"{path} is committed with outputs in cells {dirty}: strip them with `nbstripout {path}` "
+                           f"(or once: `nbstripout --install`, which strips every notebook as it is committed)")
+
+
+def test_notebook_sources_hold_no_control_characters():
+    for path, text in committed_notebooks().items():
+        for i, cell in enumerate(json.loads(text)["cells"]):
+            source = "".join(cell["source"])
+            bad = sorted({f"{ord(ch):#04x}" for ch in source if ord(ch) < 32 and ch not in "\n\t"})
+            assert not bad, f"{path} cell {i} contains control characters {bad} (a LaTeX \\a written as a BEL?)"
 
 
 def test_no_kernel_uses_what_nvrtc_lacks():

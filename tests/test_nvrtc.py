@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from helpers import nvrtc_report
+from helpers import nvrtc, nvrtc_report
 from helpers.errors import CompileError
 
 ARCHS = ("sm_80", "sm_90")
@@ -125,16 +125,28 @@ def test_show_prints_the_table(tmp_path, capsys):
     assert "shown" in capsys.readouterr().out
 
 
-def test_missing_cupy_or_nvrtc_says_what_to_install(monkeypatch, tmp_path):
+def test_missing_nvrtc_says_what_to_install_and_show_goes_on(monkeypatch, tmp_path, capsys):
     path = write(tmp_path, "x.cu", 'extern "C" __global__ void k() {}\n')
-    from cupy.cuda import nvrtc
-
-    def no_library():
-        raise RuntimeError("libnvrtc.so.12: cannot open shared object file")
-
-    monkeypatch.setattr(nvrtc, "getVersion", no_library)  # as if nvidia-cuda-nvrtc-cu12 were not installed
-    with pytest.raises(RuntimeError, match=r"NVRTC library.*pip install -e '\.\[test\]'"):
+    monkeypatch.setattr(nvrtc, "_library", None)
+    monkeypatch.setattr(nvrtc, "_problem", None)
+    monkeypatch.setattr(nvrtc, "_candidates", lambda: [str(tmp_path / "libnvrtc.so.12")])  # as if not installed
+    with pytest.raises(RuntimeError, match=r"NVRTC library is not installed.*pip install nvidia-cuda-nvrtc-cu12"):
         nvrtc_report.compile_report([path])
-    monkeypatch.setitem(sys.modules, "cupy.cuda", None)  # as if CuPy were not installed
-    with pytest.raises(RuntimeError, match=r"needs CuPy.*pip install -e '\.\[test\]'"):
-        nvrtc_report.compile_report([path])
+    nvrtc_report.show(path)  # a notebook's report cell: a note, not a traceback
+    assert "no NVRTC report here: the NVRTC library is not installed" in capsys.readouterr().out
+
+
+def test_macos_has_no_nvrtc_and_says_so(monkeypatch):
+    monkeypatch.setattr(nvrtc, "_library", None)
+    monkeypatch.setattr(nvrtc, "_problem", None)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert not nvrtc.available() and "no NVRTC" in nvrtc.problem() and "macOS" in nvrtc.problem()
+
+
+def test_the_binding_reports_what_this_nvrtc_supports():
+    assert nvrtc.version() >= (12, 0)
+    archs = nvrtc.supported_archs()
+    assert {"sm_75", "sm_80", "sm_90"} <= set(archs)
+    compiled = nvrtc.compile_program('template <int N> __global__ void k(float* x) { x[threadIdx.x] *= N; }',
+                                     "k.cu", ["-arch=sm_80"], ["k<3>"])
+    assert compiled.lowered_names == {"k<3>": "_Z1kILi3EEvPf"} and compiled.cubin[:4] == b"\x7fELF"

@@ -1,5 +1,6 @@
 """Training: the loss falls, a resumed run is bit-identical to an uninterrupted one, checkpoints are
 atomic, a NaN stops the run, and the command line works."""
+import dataclasses
 import subprocess
 import sys
 
@@ -138,7 +139,12 @@ def test_bad_settings():
 def test_command_line(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "helpers.train", "--help"], cwd=REPO_ROOT, capture_output=True,
                                text=True, check=True).stdout
-    assert "--grad-accum" in help_text and "--init-from" in help_text and "--checkpoint-every" in help_text
+    for f in dataclasses.fields(train.TrainConfig):   # every flag: its help text and its default
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in help_text, flag
+        words = " ".join(f.metadata["help"].split()[:3])
+        assert words in " ".join(help_text.split()), f"{flag}: its help text is missing"
+        assert f"(default: {f.default})" in " ".join(help_text.split()), f"{flag}: its default is not shown"
     out = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "helpers.train", "--steps", "3", "--n-layer", "1", "--n-embd", "32",
                            "--n-head", "2", "--B", "2", "--T", "16", "--val-every", "3", "--sample-every", "3",

@@ -30,7 +30,43 @@ def test_generate_streams_text_through_the_output_widget(model):
     assert text.startswith("Hello there") and len(text) > len("Hello there")
     assert len(w.output.outputs) > 2, "the text arrives in pieces, as it is generated"
     assert w.status.value.startswith("done: 15 tokens") and "tokens/s" in w.status.value
+    assert w.reason == "max_new_tokens" and w.status.value.endswith("reached max new tokens")
     assert not w.generate_button.disabled and w.stop_button.disabled
+
+
+class EndsSpeeches:
+    """A model that writes <|endoftext|> every third token (as tiny Shakespeare's short speeches do)."""
+
+    def generate(self, idx, max_new_tokens, stop_token=50256, **settings):
+        for i in range(max_new_tokens):
+            token = 50256 if i % 3 == 2 else 40 + i % 3
+            if token == stop_token:
+                return
+            yield token
+
+
+def test_generation_goes_on_past_endoftext_unless_asked_to_stop_there():
+    w = sampling_widget(EndsSpeeches())
+    w.prompt.value = "A"
+    w.max_new_tokens.value = 9
+    assert not w.stop_at_eot.value, "the default goes on, so that a sample is a paragraph, not one short speech"
+    text = run(w)
+    assert text == "A" + "IJ\n\n" * 3 and w.reason == "max_new_tokens"
+    assert "9 tokens" in w.status.value and "past 3 <|endoftext|>" in w.status.value
+    w.stop_at_eot.value = True
+    text = run(w)
+    assert text == "AIJ" and w.reason == "endoftext"
+    assert w.status.value.startswith("done: 2 tokens") and "the model wrote <|endoftext|>" in w.status.value
+
+
+def test_a_long_error_gets_its_own_line_and_leaves_the_buttons_alone():
+    long_error = "offline: " + "the hub could not be reached " * 10
+    w = sampling_widget({"hub": lambda: (_ for _ in ()).throw(OSError(long_error))})
+    run(w)
+    assert w.reason == "error" and long_error in w.status.value
+    buttons = next(c for c in w.children if w.generate_button in getattr(c, "children", ()))
+    assert w.status not in buttons.children, "the status line must not share the buttons' row"
+    assert w.generate_button.layout.min_width == w.stop_button.layout.min_width == "120px"
 
 
 def test_a_seed_reproduces_and_greedy_is_deterministic(model):
@@ -57,6 +93,7 @@ def test_stop_ends_generation_mid_way(model):
     assert w.wait(30)
     n = int(w.status.value.split()[1])
     assert w.status.value.startswith("stopped:") and 0 < n < 500
+    assert w.reason == "stopped" and w.status.value.endswith("by the Stop button")
 
 
 def test_empty_prompt_starts_from_endoftext(model):
