@@ -88,9 +88,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     import numpy as np
     results = {"ours": [], "torch": []}
-    for _ in range(args.repeats):
+    for k in range(args.repeats):
         for which in ("torch", "ours"):
-            results[which].append(run(which, args.steps))
+            r = run(which, args.steps)
+            results[which].append(r)
+            step_ms = 1e3 * float(np.median(r["times"][2:] or r["times"]))
+            print(f"  run {k + 1}/{args.repeats}, {which:>5}: {step_ms:.0f} ms/step, peak {r['peak_rss_mib']:.0f} MiB",
+                  flush=True)
     summary = {}
     for which, runs in results.items():
         step_times = np.concatenate([r["times"][2:] for r in runs])

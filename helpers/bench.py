@@ -34,15 +34,30 @@ class Measurement:
         return None if self.flops is None else self.flops / self.seconds / 1e9
 
 
+PROGRESS_AFTER_S = 1.0   # a measurement that takes longer prints a line as soon as it is done
+
+
+def _progress(m: "Measurement", started: float) -> "Measurement":
+    """Slow measurements (the CPU backend's emulation) say so as they finish, so that a benchmark
+    cell is never a long silent wait; the table follows at the end."""
+    wall = time.perf_counter() - started
+    if wall >= PROGRESS_AFTER_S:
+        print(f"  measured {m.name}: {m.seconds * 1e3:.3f} ms per run ({wall:.1f} s with its repeats)", flush=True)
+    return m
+
+
 def measure(name, fn, grid, block, args, shared_mem=0, *, bytes=None, flops=None, repeat=None) -> Measurement:
     """Time one kernel launch (median of `repeat`, fewer on the CPU backend, which is slow)."""
     repeat = repeat or (20 if device.name == "cupy" else 3)
-    return Measurement(name, device.time_kernel(fn, grid, block, args, shared_mem, repeat=repeat), bytes, flops)
+    started = time.perf_counter()
+    seconds = device.time_kernel(fn, grid, block, args, shared_mem, repeat=repeat)
+    return _progress(Measurement(name, seconds, bytes, flops), started)
 
 
 def measure_call(name, call, *, bytes=None, flops=None, repeat=None) -> Measurement:
     """Time a Python callable that launches GPU work (cupy.matmul, a sequence of launches...)."""
     repeat = repeat or (20 if device.name == "cupy" else 3)
+    started = time.perf_counter()
     call()  # warm-up
     times = []
     for _ in range(repeat):
@@ -57,7 +72,7 @@ def measure_call(name, call, *, bytes=None, flops=None, repeat=None) -> Measurem
             t0 = time.perf_counter()
             call()
             times.append(time.perf_counter() - t0)
-    return Measurement(name, float(np.median(times)), bytes, flops)
+    return _progress(Measurement(name, float(np.median(times)), bytes, flops), started)
 
 
 def _fmt(v, spec):

@@ -131,23 +131,19 @@ def load_checkpoint(path: Path):
 # Sampling during training (notebook 10 has the full sampler with a KV cache)
 # ------------------------------------------------------------------------------------------------
 def sample_text(model: GPT2, enc, n_tokens: int, seed: int = 0, temperature: float = 1.0) -> str:
-    rng = np.random.default_rng(seed)
-    if hasattr(model, "generate"):
-        ids = list(model.generate(np.array([data.EOT]), n_tokens, temperature=temperature, top_k=40, seed=seed))
-    else:
-        ids = []
-        context = [data.EOT]
-        for _ in range(n_tokens):
-            window = np.array([context[-model.config.block_size:]], np.int32)
-            logits, _ = model.forward(window)
-            z = device.asnumpy(logits[0, -1]).astype(np.float64) / temperature
-            p = np.exp(z - z.max())
-            nxt = int(rng.choice(len(p), p=p / p.sum()))
-            if nxt == data.EOT:
-                break
-            context.append(nxt)
-            ids.append(nxt)
-    return enc.decode([i for i in ids if i != data.EOT])
+    """n_tokens of text from <|endoftext|> (top-k 40), going on past the end of each speech (shown as a
+    blank line, as in the play): a sample that stopped at the first <|endoftext|> would often be a
+    speaker's name alone."""
+    ids = list(model.generate(np.array([data.EOT]), n_tokens, temperature=temperature, top_k=40, seed=seed,
+                              stop_token=None))
+    speeches, current = [], []
+    for i in ids + [data.EOT]:
+        if i == data.EOT:
+            speeches.append(enc.decode(current))
+            current = []
+        else:
+            current.append(i)
+    return "\n\n".join(s.strip("\n") for s in speeches if s.strip())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,3 +32,13 @@ def test_bench_table_measures_and_labels_emulation(capsys):
     text = bench.table([m, c], title="sums")
     assert ("EMULATION" in text) == (device.name == "cpu") and "block sum" in text and "numpy sum" in text
     assert capsys.readouterr().out.startswith("sums")
+
+
+def test_slow_measurements_report_as_they_finish(capsys, monkeypatch):
+    import time
+    bench.measure_call("quick", lambda: None, repeat=2)
+    assert capsys.readouterr().out == "", "fast measurements stay quiet"
+    monkeypatch.setattr(bench, "PROGRESS_AFTER_S", 0.05)
+    bench.measure_call("slow", lambda: time.sleep(0.02), repeat=2)
+    line = capsys.readouterr().out
+    assert line.startswith("  measured slow: ") and "ms per run" in line

@@ -230,8 +230,22 @@ LIBC_STACK_MARGIN = 64 * 1024  # for what a module calls outside itself (printf 
 def _arena() -> Arena:
     """This process's arena (a forked Python process makes its own)."""
     if _state.get("arena_pid") != os.getpid():
-        _state.update(arena=Arena(REPORT_BYTES + PRINTF_CAPACITY), arena_pid=os.getpid(), launcher=None, pool=None)
+        _state.update(arena=Arena(REPORT_BYTES + PRINTF_CAPACITY), arena_pid=os.getpid(), launcher=None, pool=None,
+                      dirty=False)
     return _state["arena"]
+
+
+def _discard() -> None:
+    """After a launch that did not finish (an interrupt, a lost launcher): kill the launcher with anything
+    it still runs and drop the arena, so that nothing left of that launch can touch the next one."""
+    launcher = _state.get("launcher")
+    if launcher is not None and _state.get("arena_pid") == os.getpid():
+        launcher.close()
+    arena = _state.get("arena")
+    if arena is not None and _state.get("arena_pid") == os.getpid():
+        arena.close()
+    _state.update(arena=None, arena_pid=None, launcher=None)
+    _state["dirty"] = False
 
 
 def _get_launcher():
@@ -272,61 +286,79 @@ last_launch = LaunchStats()
 
 def launch(library: Library, kernel, entry: str, grid, block, shared_mem, values, *,
            schedule=FORWARD, seed=0, n_workers=None, timeout=None) -> None:
-    """Run one launch (arguments already checked). Raises KernelError on any fault."""
+    """Run one launch (arguments already checked). Raises KernelError on any fault.
+
+    One launch at a time, from any thread. A launch that is interrupted (Ctrl-C, the notebook's stop
+    button) at any point leaves a mark; the next launch then starts from a new launcher and arena."""
     with _launch_lock:
-        arena = _arena()
-        arena.reset()
-        report = Report.from_address(arena.base)
-        ctypes.memset(arena.base, 0, REPORT_BYTES)
-        groups, offsets = stage(kernel, values, arena)
-        protects = [p for g in groups for p in g.protections()]
-        scalars = [(p.pointer, offsets[i] if p.pointer else np.asarray(v).tobytes())
-                   for i, (p, v) in enumerate(zip(kernel.params, values))]
-        cfg = LaunchConfig(entry=library.compiled.entries.index(entry), schedule=schedule, shared_mem=shared_mem,
-                           workers=n_workers or workers, plain=int(library.compiled.plain[entry]), seed=seed,
-                           printf_cap=PRINTF_CAPACITY)
-        cfg.grid[:] = grid
-        cfg.block[:] = block
-        # Kernels whose stack use gcc's -fstack-usage bounds run on a reused, unguarded stack pool;
-        # others (huge local arrays, recursion) get fresh stacks with guard pages in the child.
-        bound = library.compiled.stack_bound
-        regions = 0
-        if bound is not None and bound + LIBC_STACK_MARGIN <= FIBER_REGION - PAGE:
-            regions = min(cfg.workers, grid[0] * grid[1] * grid[2]) * (1 if cfg.plain else block[0] * block[1] * block[2])
-        timeout = timeout if timeout is not None else timeout_s
-        t0 = time.perf_counter()
-        runner = _get_launcher() if isolate else None
-        if runner is not None:
-            status = runner.run(library.compiled.library, cfg, 0, REPORT_BYTES, scalars, protects, regions, timeout,
-                                kernel.name)
+        if _state.get("dirty") and _state.get("arena_pid") == os.getpid():
+            _discard()
+        _arena()
+        _state["dirty"] = True
+        try:
+            _launch(library, kernel, entry, grid, block, shared_mem, values, schedule, seed, n_workers, timeout)
+        except _launcher.LauncherLost:
+            raise
+        except KernelError:
+            _state["dirty"] = False  # a fault or a timeout that was fully handled: the state is consistent
+            raise
+        _state["dirty"] = False
+
+
+def _launch(library, kernel, entry, grid, block, shared_mem, values, schedule, seed, n_workers, timeout):
+    arena = _arena()
+    arena.reset()
+    report = Report.from_address(arena.base)
+    ctypes.memset(arena.base, 0, REPORT_BYTES)
+    groups, offsets = stage(kernel, values, arena)
+    protects = [p for g in groups for p in g.protections()]
+    scalars = [(p.pointer, offsets[i] if p.pointer else np.asarray(v).tobytes())
+               for i, (p, v) in enumerate(zip(kernel.params, values))]
+    cfg = LaunchConfig(entry=library.compiled.entries.index(entry), schedule=schedule, shared_mem=shared_mem,
+                       workers=n_workers or workers, plain=int(library.compiled.plain[entry]), seed=seed,
+                       printf_cap=PRINTF_CAPACITY)
+    cfg.grid[:] = grid
+    cfg.block[:] = block
+    # Kernels whose stack use gcc's -fstack-usage bounds run on a reused, unguarded stack pool;
+    # others (huge local arrays, recursion) get fresh stacks with guard pages in the child.
+    bound = library.compiled.stack_bound
+    regions = 0
+    if bound is not None and bound + LIBC_STACK_MARGIN <= FIBER_REGION - PAGE:
+        regions = min(cfg.workers, grid[0] * grid[1] * grid[2]) * (1 if cfg.plain else block[0] * block[1] * block[2])
+    timeout = timeout if timeout is not None else timeout_s
+    t0 = time.perf_counter()
+    runner = _get_launcher() if isolate else None
+    if runner is not None:
+        status = runner.run(library.compiled.library, cfg, 0, REPORT_BYTES, scalars, protects, regions, timeout,
+                            kernel.name)
+    else:
+        holders = [ctypes.c_void_p(arena.base + v) if is_ptr else ctypes.create_string_buffer(v, 16)
+                   for is_ptr, v in scalars]
+        pointers = (ctypes.c_void_p * max(1, len(holders)))(*[ctypes.addressof(h) for h in holders])
+        cfg.args = pointers
+        cfg.report = arena.base
+        cfg.printf_buf = arena.base + REPORT_BYTES
+        if regions:
+            cfg.pool, cfg.pool_regions = _fiber_pool(regions)
+        arena.protect_here(protects)
+        if isolate:  # no launcher here (not Linux): fork this process
+            status = _run_forked(library, cfg, timeout, kernel)
         else:
-            holders = [ctypes.c_void_p(arena.base + v) if is_ptr else ctypes.create_string_buffer(v, 16)
-                       for is_ptr, v in scalars]
-            pointers = (ctypes.c_void_p * max(1, len(holders)))(*[ctypes.addressof(h) for h in holders])
-            cfg.args = pointers
-            cfg.report = arena.base
-            cfg.printf_buf = arena.base + REPORT_BYTES
-            if regions:
-                cfg.pool, cfg.pool_regions = _fiber_pool(regions)
-            arena.protect_here(protects)
-            if isolate:  # no launcher here (not Linux): fork this process
-                status = _run_forked(library, cfg, timeout, kernel)
-            else:
-                status = library.lib.gpt2cpu_launch(ctypes.byref(cfg), 0)
-        last_launch.seconds = time.perf_counter() - t0
-        last_launch.switches = report.switches
-        arena.reset()  # undoes protections applied here
-        _print_kernel_output(report, arena.base + REPORT_BYTES)
-        if report.status != 0 or status != 0:
-            raise KernelError(_describe_failure(library, kernel, report, status, groups, shared_mem, arena))
-        for g in groups:
-            if g.slack_written(arena):
-                names = ", ".join(f"`{p.name}`" for _, p, _ in g.members)
-                raise KernelError(f"kernel `{kernel.name}`: out-of-bounds write just outside {names} (found after "
-                                  f"the launch in the bytes beside the array, so the thread is unknown). "
-                                  f"Check the index bounds of every write to it.")
-        for g in groups:
-            g.copy_back(arena)
+            status = library.lib.gpt2cpu_launch(ctypes.byref(cfg), 0)
+    last_launch.seconds = time.perf_counter() - t0
+    last_launch.switches = report.switches
+    arena.reset()  # undoes protections applied here
+    _print_kernel_output(report, arena.base + REPORT_BYTES)
+    if report.status != 0 or status != 0:
+        raise KernelError(_describe_failure(library, kernel, report, status, groups, shared_mem, arena))
+    for g in groups:
+        if g.slack_written(arena):
+            names = ", ".join(f"`{p.name}`" for _, p, _ in g.members)
+            raise KernelError(f"kernel `{kernel.name}`: out-of-bounds write just outside {names} (found after "
+                              f"the launch in the bytes beside the array, so the thread is unknown). "
+                              f"Check the index bounds of every write to it.")
+    for g in groups:
+        g.copy_back(arena)
 
 
 def _run_forked(library: Library, cfg, timeout: float, kernel) -> int:

@@ -1,21 +1,24 @@
 """The memory a CPU-backend launch runs on: one shared "arena" mapping, in which every array argument
 is copied to sit right against inaccessible guard bytes, next to the launch's report and printf buffer.
 
-The arena is a memfd (Linux) that this process and the launcher process both map, so a kernel running
-in the launcher's child writes results that Python reads back at once, at the same offsets. The
-guard ranges are protected in the child only (Python's own mapping stays readable).
+The arena is a memfd (Linux) or an unlinked POSIX shared-memory object (macOS and other systems)
+that this process and the launcher process both map, so a kernel running in the launcher's child
+writes results that Python reads back at once, at the same offsets. The guard ranges are protected
+in the child only (Python's own mapping stays readable).
 """
 from __future__ import annotations
 
 import ctypes
 import mmap
 import os
+import secrets
 import sys
 from dataclasses import dataclass, field
 
 PAGE = mmap.PAGESIZE
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
-MAP_SHARED, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, (0x20 if sys.platform.startswith("linux") else 0x1000), 0x4000
+LINUX = sys.platform.startswith("linux")
+MAP_SHARED, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, (0x20 if LINUX else 0x1000), (0x4000 if LINUX else 0x40)
 MADV_REMOVE = 9
 CANARY = 0xFF      # unused bytes around an array: NaN as float, so stray reads show
 GUARD = 64 * 1024  # inaccessible bytes on each side of an array (address space only, no memory)
@@ -35,12 +38,32 @@ def mmap_or_raise(size: int, flags: int, fd: int = -1) -> int:
     return addr
 
 
+def shared_memory_fd() -> int | None:
+    """A file descriptor of fresh shared memory that no other process can open by name, or None.
+    GPT2_CPU_ARENA=shm takes the POSIX path on Linux too (how macOS runs), for the tests."""
+    if hasattr(os, "memfd_create") and os.environ.get("GPT2_CPU_ARENA", "memfd") != "shm":
+        return os.memfd_create("gpt2cpu-arena")
+    try:
+        import _posixshmem
+    except ImportError:
+        return None
+    for _ in range(8):
+        name = f"/gpt2cpu-{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            fd = _posixshmem.shm_open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode=0o600)
+        except FileExistsError:
+            continue
+        _posixshmem.shm_unlink(name)  # only the descriptor (and what inherits it) reaches it now
+        return fd
+    return None
+
+
 class Arena:
     SIZE = 64 << 30            # address space only: pages exist once written
     KEEP = 256 << 20           # bytes kept between launches; beyond, memory is given back
 
     def __init__(self, header_bytes: int):
-        self.fd = os.memfd_create("gpt2cpu-arena") if hasattr(os, "memfd_create") else None
+        self.fd = shared_memory_fd()
         if self.fd is not None:
             os.ftruncate(self.fd, self.SIZE)
             self.base = mmap_or_raise(self.SIZE, MAP_SHARED | MAP_NORESERVE, self.fd)
@@ -50,6 +73,15 @@ class Arena:
         self.top = self.high_water = self.first
         self.protected: list[tuple[int, int]] = []
         self.pid = os.getpid()
+
+    def close(self):
+        """Unmap and close (the arena is unusable after this)."""
+        if self.base:
+            _libc.munmap(self.base, self.SIZE)
+            self.base = 0
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def reset(self):
         """Forget the last launch's arrays (and undo protections applied in this process)."""

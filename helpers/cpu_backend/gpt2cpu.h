@@ -20,6 +20,21 @@
 //   written to a report in shared memory that the Python side turns into a KernelError.
 #pragma once
 
+// The hand-written switch on x86-64 and aarch64 (Linux and macOS); ucontext elsewhere, or when asked
+// for with GPT2CPU_USE_UCONTEXT (macOS's ucontext is deprecated and needs _XOPEN_SOURCE set before
+// any system header, and _DARWIN_C_SOURCE then keeps the rest of the system's API visible).
+#if !defined(GPT2CPU_USE_UCONTEXT) && !defined(__x86_64__) && !defined(__aarch64__)
+#define GPT2CPU_USE_UCONTEXT 1
+#endif
+#if defined(GPT2CPU_USE_UCONTEXT) && defined(__APPLE__)
+#ifndef _XOPEN_SOURCE
+#define _XOPEN_SOURCE 700
+#endif
+#ifndef _DARWIN_C_SOURCE
+#define _DARWIN_C_SOURCE 1
+#endif
+#endif
+
 #include <cmath>
 #include <cstdarg>
 #include <cstddef>
@@ -40,13 +55,7 @@
 #include <sys/prctl.h>
 #endif
 
-#if !defined(GPT2CPU_USE_UCONTEXT) && !defined(__x86_64__) && !defined(__aarch64__)
-#define GPT2CPU_USE_UCONTEXT 1
-#endif
-#if defined(GPT2CPU_USE_UCONTEXT) || defined(__APPLE__)
-#ifndef _XOPEN_SOURCE
-#define _XOPEN_SOURCE 700
-#endif
+#if defined(GPT2CPU_USE_UCONTEXT)
 #include <ucontext.h>
 #endif
 
@@ -226,18 +235,22 @@ static inline uintptr_t stack_pointer() {
 static inline Fiber* self() { return &g_desc[(stack_pointer() - (uintptr_t)g_pool) >> kRegionShift]; }
 
 #if !defined(GPT2CPU_USE_UCONTEXT)
+// The assembler's directives for a hidden global function: ELF (Linux) and Mach-O (macOS, where C
+// names get a leading underscore) differ only in these, the instructions are the same.
+#if defined(__APPLE__)
+#define GPT2CPU_ASM_BEGIN(f) ".globl _" #f "\n.private_extern _" #f "\n.p2align 4\n_" #f ":\n"
+#define GPT2CPU_ASM_END(f) "\n"
+#else
+#define GPT2CPU_ASM_BEGIN(f) ".globl " #f "\n.hidden " #f "\n.type " #f ",%function\n.p2align 4\n" #f ":\n"
+#define GPT2CPU_ASM_END(f) "\n.size " #f ",.-" #f "\n"
+#endif
 extern "C" void gpt2cpu_ctx_switch(void** save_sp, void* load_sp) __attribute__((visibility("hidden")));
 extern "C" void gpt2cpu_fiber_trampoline() __attribute__((visibility("hidden")));
 #if defined(__x86_64__)
 // Save the callee-saved registers on the current stack, store its pointer, load the other stack,
 // restore its registers and return into it. 11 ns a switch here against 230 ns for swapcontext,
 // which also saves the signal mask with a system call.
-__asm__(R"(
-    .text
-    .globl gpt2cpu_ctx_switch
-    .hidden gpt2cpu_ctx_switch
-    .type gpt2cpu_ctx_switch,@function
-gpt2cpu_ctx_switch:
+__asm__(".text\n" GPT2CPU_ASM_BEGIN(gpt2cpu_ctx_switch) R"(
     pushq %rbp
     pushq %rbx
     pushq %r12
@@ -253,17 +266,11 @@ gpt2cpu_ctx_switch:
     popq %rbx
     popq %rbp
     ret
-    .size gpt2cpu_ctx_switch,.-gpt2cpu_ctx_switch
-
-    .globl gpt2cpu_fiber_trampoline
-    .hidden gpt2cpu_fiber_trampoline
-    .type gpt2cpu_fiber_trampoline,@function
-gpt2cpu_fiber_trampoline:
+)" GPT2CPU_ASM_END(gpt2cpu_ctx_switch) GPT2CPU_ASM_BEGIN(gpt2cpu_fiber_trampoline) R"(
     movq %rbx, %rdi
     callq *%r12
     ud2
-    .size gpt2cpu_fiber_trampoline,.-gpt2cpu_fiber_trampoline
-)");
+)" GPT2CPU_ASM_END(gpt2cpu_fiber_trampoline));
 static inline void* fiber_initial_sp(char* top, void (*fn)(Fiber*), Fiber* arg) {
     // What the switch pops: r15 r14 r13 r12=fn rbx=arg rbp, then `ret` into the trampoline.
     // top is 16-aligned; after `ret` rsp must be 16-aligned so the trampoline's call is ABI-correct.
@@ -276,13 +283,10 @@ static inline void* fiber_initial_sp(char* top, void (*fn)(Fiber*), Fiber* arg) 
     return sp;
 }
 #elif defined(__aarch64__)
-// AAPCS64 callee-saved state: x19-x30 (x30 is the return address), sp, d8-d15.
-__asm__(R"(
-    .text
-    .globl gpt2cpu_ctx_switch
-    .hidden gpt2cpu_ctx_switch
-    .type gpt2cpu_ctx_switch,%function
-gpt2cpu_ctx_switch:
+// AAPCS64 callee-saved state: x19-x30 (x30 is the return address), sp, d8-d15. x18 is left alone:
+// Apple reserves it for the platform (and Linux does not need it saved), so the same code follows
+// both ABIs.
+__asm__(".text\n" GPT2CPU_ASM_BEGIN(gpt2cpu_ctx_switch) R"(
     sub sp, sp, #160
     stp x19, x20, [sp, #0]
     stp x21, x22, [sp, #16]
@@ -309,17 +313,11 @@ gpt2cpu_ctx_switch:
     ldp d14, d15, [sp, #144]
     add sp, sp, #160
     ret
-    .size gpt2cpu_ctx_switch,.-gpt2cpu_ctx_switch
-
-    .globl gpt2cpu_fiber_trampoline
-    .hidden gpt2cpu_fiber_trampoline
-    .type gpt2cpu_fiber_trampoline,%function
-gpt2cpu_fiber_trampoline:
+)" GPT2CPU_ASM_END(gpt2cpu_ctx_switch) GPT2CPU_ASM_BEGIN(gpt2cpu_fiber_trampoline) R"(
     mov x0, x19
     blr x20
     brk #0
-    .size gpt2cpu_fiber_trampoline,.-gpt2cpu_fiber_trampoline
-)");
+)" GPT2CPU_ASM_END(gpt2cpu_fiber_trampoline));
 static inline void* fiber_initial_sp(char* top, void (*fn)(Fiber*), Fiber* arg) {
     uint64_t* sp = (uint64_t*)(top - 160);
     memset(sp, 0, 160);
@@ -681,6 +679,14 @@ static void fault_handler(int sig, siginfo_t* info, void* uctx) {
 #elif defined(__aarch64__) && defined(__linux__)
         r->pc = (uint64_t)uc->uc_mcontext.pc;
         sp = (uintptr_t)uc->uc_mcontext.sp;
+#elif defined(__APPLE__) && defined(__x86_64__)
+        r->pc = (uint64_t)uc->uc_mcontext->__ss.__rip;
+        sp = (uintptr_t)uc->uc_mcontext->__ss.__rsp;
+        if (sig == SIGSEGV || sig == SIGBUS) r->access = (uc->uc_mcontext->__es.__err & 2) ? 1 : 0;
+#elif defined(__APPLE__) && defined(__aarch64__)
+        r->pc = (uint64_t)uc->uc_mcontext->__ss.__pc;
+        sp = (uintptr_t)uc->uc_mcontext->__ss.__sp;
+        if (sig == SIGSEGV || sig == SIGBUS) r->access = (uc->uc_mcontext->__es.__esr >> 6) & 1;  // ESR's WnR bit
 #else
         (void)uc;
 #endif

@@ -3,23 +3,32 @@
 // Why: every launch runs in a forked child, so a faulting kernel cannot take the notebook down. But
 // forking the notebook's own process costs more the bigger it is (its page tables are copied, and
 // afterwards each page it writes faults once): 5-20 ms with PyTorch loaded. This process is tiny, so
-// its forks are cheap. It shares one memory "arena" with Python (a memfd both map): the arrays of
-// a launch, its report and its printf buffer live there, at offsets both sides agree on.
+// its forks are cheap. It shares one memory "arena" with Python (a memfd, or POSIX shared memory on
+// macOS, that both map): the arrays of a launch, its report and its printf buffer live there, at
+// offsets both sides agree on.
 //
-// Protocol on the socket (native layout, one request at a time): Python sends a Request; the
-// launcher forks, answers the child's pid (int64, or -errno), waits for it and answers its wait
-// status (int32). The child protects the guard ranges of the arena in its own address space, builds
-// the kernel's arguments, and runs the launch in the module (gpt2cpu_launch with isolate=2).
+// Protocol on the socket (native layout, one request at a time): Python sends a Request with a
+// sequence number; the launcher forks and answers a Reply {seq, PID, child pid or -errno}, waits for
+// the child and answers {seq, STATUS, wait status}. Python checks every reply's sequence number, and
+// after any exchange it could not finish (an interrupt, a timeout it gave up on) it kills this
+// process's whole process group and starts a new launcher with a new arena, so a stale reply or a
+// stale child can never touch a later launch.
+//
+// Lifetime: this process leads its own process group (Python starts it so); it exits when the
+// socket closes (Python exited, however it exited), killing the running child first. The child
+// protects the guard ranges of the arena in its own address space, builds the kernel's arguments
+// and runs the launch in the module (gpt2cpu_launch with isolate=2).
 #include "gpt2cpu_abi.h"
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +50,7 @@ struct Arg {
 struct Protect { uint64_t offset, length; int32_t prot, pad; };
 struct Request {
     uint32_t magic, quit;
+    uint64_t seq;               // echoed in both replies
     char library[1024];
     gpt2cpu::LaunchConfig cfg;  // its pointer fields are ignored: filled in from the offsets below
     uint64_t report_offset, printf_offset;
@@ -73,7 +83,46 @@ bool write_all(int fd, const void* p, size_t n) {
     return true;
 }
 
+enum ReplyKind : int32_t { REPLY_PID = 1, REPLY_STATUS = 2 };
+struct Reply { uint64_t seq; int32_t kind, pad; int64_t value; };
+
 typedef long (*LaunchFn)(gpt2cpu::LaunchConfig*, int);
+
+int g_sigchld_pipe[2] = {-1, -1};
+void on_sigchld(int) {
+    int saved = errno;
+    char c = 0;
+    (void)!write(g_sigchld_pipe[1], &c, 1);
+    errno = saved;
+}
+
+bool reply(int sock, uint64_t seq, int32_t kind, int64_t value) {
+    Reply r{seq, kind, 0, value};
+    return write_all(sock, &r, sizeof r);
+}
+
+// Wait for the child, watching the socket: if Python goes away (EOF), kill the child and report that.
+// Returns false when the launcher should exit.
+bool wait_child(int sock, pid_t pid, int* status) {
+    for (;;) {
+        pid_t done = waitpid(pid, status, WNOHANG);
+        if (done == pid) return true;
+        if (done < 0 && errno != EINTR) { *status = 0; return true; }
+        struct pollfd fds[2] = {{sock, POLLIN, 0}, {g_sigchld_pipe[0], POLLIN, 0}};
+        int n = poll(fds, 2, 1000);
+        if (n < 0 && errno != EINTR) return false;
+        if (fds[1].revents & POLLIN) {
+            char buf[64];
+            while (read(g_sigchld_pipe[0], buf, sizeof buf) > 0) {}
+        }
+        if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+            // Python sends nothing while a launch runs: readable means it closed the socket
+            kill(pid, SIGKILL);
+            while (waitpid(pid, status, 0) < 0 && errno == EINTR) {}
+            return false;
+        }
+    }
+}
 
 }  // namespace
 
@@ -82,11 +131,21 @@ int main(int argc, char** argv) {
         fprintf(stderr, "usage: launcher SOCKET_FD ARENA_FD ARENA_BYTES (started by helpers.cpu_backend)\n");
         return 2;
     }
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the Python process
     int sock = atoi(argv[1]), arena_fd = atoi(argv[2]);
     size_t arena_size = strtoull(argv[3], nullptr, 10);
     char* arena = (char*)mmap(nullptr, arena_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, arena_fd, 0);
     if (arena == MAP_FAILED) { perror("launcher: mmap arena"); return 2; }
+    if (pipe(g_sigchld_pipe) != 0) { perror("launcher: pipe"); return 2; }
+    for (int fd : g_sigchld_pipe) {
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigchld;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, nullptr);
+    signal(SIGINT, SIG_IGN);  // Ctrl-C in a terminal is Python's to handle; it then closes or kills us
     std::map<std::string, LaunchFn> modules;
     char* pool = nullptr;
     size_t pool_regions = 0;
@@ -99,9 +158,8 @@ int main(int argc, char** argv) {
             void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
             launch = h ? (LaunchFn)dlsym(h, "gpt2cpu_launch") : nullptr;
             if (!launch) {
-                int64_t err = -ENOENT;
                 fprintf(stderr, "launcher: cannot load %s: %s\n", lib.c_str(), dlerror());
-                write_all(sock, &err, sizeof err);
+                if (!reply(sock, req.seq, REPLY_PID, -ENOENT)) break;
                 continue;
             }
             modules[lib] = launch;
@@ -115,6 +173,8 @@ int main(int argc, char** argv) {
         }
         pid_t pid = fork();
         if (pid == 0) {
+            signal(SIGCHLD, SIG_DFL);
+            signal(SIGINT, SIG_DFL);
             for (uint32_t i = 0; i < req.nprotects; i++)
                 mprotect(arena + req.protects[i].offset, req.protects[i].length, req.protects[i].prot);
             static void* values[kMaxArgs];
@@ -138,13 +198,14 @@ int main(int argc, char** argv) {
             launch(&cfg, 2);  // does not return
             _exit(2);
         }
-        int64_t answer = pid < 0 ? -errno : pid;
-        if (!write_all(sock, &answer, sizeof answer)) break;
+        if (!reply(sock, req.seq, REPLY_PID, pid < 0 ? -errno : pid)) {
+            if (pid > 0) kill(pid, SIGKILL);
+            break;
+        }
         if (pid < 0) continue;
         int status = 0;
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-        int32_t st = status;
-        if (!write_all(sock, &st, sizeof st)) break;
+        if (!wait_child(sock, pid, &status)) break;
+        if (!reply(sock, req.seq, REPLY_STATUS, status)) break;
     }
     return 0;
 }

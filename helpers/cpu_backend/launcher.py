@@ -1,5 +1,6 @@
 """The client of launcher.cpp: a small helper process whose forks run the launches (see its top
-comment for why). Started on first use, restarted if it dies; it exits with this process."""
+comment for why and for the protocol). Started on first use, from any thread; replaced by a new one
+(with a new arena) after any exchange that did not finish; it exits when this process exits."""
 from __future__ import annotations
 
 import ctypes
@@ -32,10 +33,22 @@ class Protect(ctypes.Structure):
 
 
 class Request(ctypes.Structure):
-    _fields_ = [("magic", ctypes.c_uint32), ("quit", ctypes.c_uint32), ("library", ctypes.c_char * 1024),
+    _fields_ = [("magic", ctypes.c_uint32), ("quit", ctypes.c_uint32), ("seq", ctypes.c_uint64),
+                ("library", ctypes.c_char * 1024),
                 ("cfg", LaunchConfig), ("report_offset", ctypes.c_uint64), ("printf_offset", ctypes.c_uint64),
                 ("pool_regions", ctypes.c_uint64), ("nargs", ctypes.c_uint32), ("nprotects", ctypes.c_uint32),
                 ("args", Arg * MAX_ARGS), ("protects", Protect * MAX_PROTECTS)]
+
+
+class Reply(ctypes.Structure):
+    _fields_ = [("seq", ctypes.c_uint64), ("kind", ctypes.c_int32), ("pad", ctypes.c_int32), ("value", ctypes.c_int64)]
+
+
+REPLY_PID, REPLY_STATUS = 1, 2
+
+
+class LauncherLost(KernelError):
+    """The launcher process went away or answered out of step; the next launch starts a new one."""
 
 
 def build(compiler: str, out_dir: Path) -> Path:
@@ -60,45 +73,66 @@ class Launcher:
         self.arena = arena
         ours, theirs = socket.socketpair()
         self.sock = ours
+        # its own process group: killing the group also kills a launch it is running
         self.proc = subprocess.Popen([str(exe), str(theirs.fileno()), str(arena.fd), str(arena.SIZE)],
-                                     pass_fds=(theirs.fileno(), arena.fd), stdin=subprocess.DEVNULL)
+                                     pass_fds=(theirs.fileno(), arena.fd), stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
         theirs.close()
         self.pid = os.getpid()
         self.request = Request()
+        self.seq = 0
 
     def alive(self) -> bool:
         return self.proc.poll() is None and self.pid == os.getpid()
 
     def close(self):
+        """Kill the launcher and anything it runs (idempotent, safe in any state)."""
         try:
             self.sock.close()
-            self.proc.kill()
+        except OSError:
+            pass
+        if self.pid != os.getpid():
+            return  # a forked copy of this object: the process belongs to the parent
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+        try:
             self.proc.wait(timeout=5)
         except Exception:
             pass
 
-    def _recv(self, nbytes: int, timeout: float | None) -> bytes | None:
-        """nbytes from the launcher; None on timeout; KernelError if it died."""
+    def _reply(self, kind: int, timeout: float | None) -> int | None:
+        """The value of the next reply, which must be of `kind` for the current request; None on timeout."""
         data = b""
-        while len(data) < nbytes:
+        size = ctypes.sizeof(Reply)
+        while len(data) < size:
             if timeout is not None and not select.select([self.sock], [], [], timeout)[0]:
                 return None
-            chunk = self.sock.recv(nbytes - len(data))
+            try:
+                chunk = self.sock.recv(size - len(data))
+            except OSError as e:
+                raise LauncherLost(f"the CPU backend's launcher process went away ({e}); the next launch starts "
+                                   f"a new one") from None
             if not chunk:
-                raise KernelError("the CPU backend's launcher process died; the next launch starts a new one")
+                raise LauncherLost("the CPU backend's launcher process died; the next launch starts a new one")
             data += chunk
-        return data
+        r = Reply.from_buffer_copy(data)
+        if r.seq != self.seq or r.kind != kind:
+            raise LauncherLost(f"the CPU backend's launcher answered out of step (reply {r.seq}/{r.kind} to request "
+                               f"{self.seq}/{kind}); it was replaced, the next launch starts a new one")
+        return r.value
 
     def run(self, library: Path, cfg, report_offset, printf_offset, args, protects, pool_regions,
             timeout: float, kernel_name: str) -> int:
-        """Run one launch in a fork of the launcher; returns its wait status."""
+        """Run one launch in a fork of the launcher; returns its wait status. Any exception out of here
+        (an interrupt included) leaves the exchange unfinished: the caller must close this launcher."""
         r = self.request
-        r.magic, r.quit = MAGIC, 0
+        self.seq += 1
+        r.magic, r.quit, r.seq = MAGIC, 0, self.seq
         r.library = str(library).encode()
         r.cfg = cfg
         r.report_offset, r.printf_offset, r.pool_regions = report_offset, printf_offset, pool_regions
-        if len(args) > MAX_ARGS or len(protects) > MAX_PROTECTS:
-            raise KernelError(f"kernel `{kernel_name}`: more than {MAX_ARGS} arguments or {MAX_PROTECTS // 3} arrays")
         r.nargs, r.nprotects = len(args), len(protects)
         for i, (is_pointer, value) in enumerate(args):
             a = r.args[i]
@@ -110,21 +144,20 @@ class Launcher:
                 ctypes.memmove(a.bytes, value, len(value))
         for i, (offset, length, prot) in enumerate(protects):
             r.protects[i].offset, r.protects[i].length, r.protects[i].prot = offset, length, prot
-        self.sock.sendall(bytes(r))
-        pid = int.from_bytes(self._recv(8, None), "little", signed=True)
+        try:
+            self.sock.sendall(bytes(r))
+        except OSError as e:
+            raise LauncherLost(f"the CPU backend's launcher process went away ({e}); the next launch starts a new "
+                               f"one") from None
+        pid = self._reply(REPLY_PID, None)
         if pid < 0:
             raise KernelError(f"kernel `{kernel_name}`: the launcher could not start it: {os.strerror(-pid)}")
-        try:
-            status = self._recv(4, timeout)
-            if status is None:
-                os.kill(pid, signal.SIGKILL)
-                self._recv(4, None)
-                raise KernelError(
-                    f"kernel `{kernel_name}` ran past the timeout of {timeout:g} s and was stopped: an endless loop "
-                    f"(a while loop whose condition never changes?), or a launch too large for the CPU backend. "
-                    f"helpers.device.set_timeout(seconds) raises the limit.")
-        except KeyboardInterrupt:
+        status = self._reply(REPLY_STATUS, timeout)
+        if status is None:
             os.kill(pid, signal.SIGKILL)
-            self._recv(4, None)
-            raise
-        return int.from_bytes(status, "little", signed=True)
+            self._reply(REPLY_STATUS, 10.0)
+            raise KernelError(
+                f"kernel `{kernel_name}` ran past the timeout of {timeout:g} s and was stopped: an endless loop "
+                f"(a while loop whose condition never changes?), or a launch too large for the CPU backend. "
+                f"helpers.device.set_timeout(seconds) raises the limit.")
+        return int(status)
