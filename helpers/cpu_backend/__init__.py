@@ -154,20 +154,30 @@ def _stack_bound(su_files) -> int | None:
     return total if su_files else None
 
 
-def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModule:
+def module_source(path: Path, name_expressions=()) -> tuple[str, list[str]]:
+    """The C++ translation unit of a module (the rewritten .cu and its entry points) and the entries."""
     src = path.read_text()
     kernels = cuda_source.parse_kernels(src)
     entries = [n for n, k in kernels.items() if not k["template_params"]] + list(name_expressions)
     if not entries:
         raise CompileError(f"{path} declares no __global__ kernel")
-    defines = _user_defines(options)
-    body = f'#line 1 "{path}"\n' + rewrite_shared(src) + _generated_tail(entries)
-    cxx = find_compiler()
+    return f'#line 1 "{path}"\n' + rewrite_shared(src) + _generated_tail(entries), entries
+
+
+def module_flags(path: Path, options=()) -> list[str]:
+    """The compiler flags of a module (a shared library; gpt2cpu.h included first)."""
     flags = ["-std=c++17", "-O2", "-g1", "-fPIC", "-shared", "-fvisibility=hidden", "-fno-strict-aliasing",
              "-ffp-contract=off", "-pthread", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-attributes",
-             f"-I{path.parent}", f"-I{cuda_source.CUDA_DIR}", *defines, "-include", str(HEADER)]
+             f"-I{path.parent}", f"-I{cuda_source.CUDA_DIR}", *_user_defines(options), "-include", str(HEADER)]
     if context_switch() == "ucontext":
         flags.append("-DGPT2CPU_USE_UCONTEXT=1")
+    return flags
+
+
+def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModule:
+    body, entries = module_source(path, name_expressions)
+    cxx = find_compiler()
+    flags = module_flags(path, options)
     digest = cuda_source.source_digest(path, body + HEADER.read_text() + ABI_HEADER.read_text() + cxx + " ".join(flags))
     out_dir = cache_dir()
     library = out_dir / f"{path.stem}-{digest}.so"
