@@ -124,6 +124,18 @@ def test_notebook_sources_hold_no_control_characters():
             assert not bad, f"{path} cell {i} contains control characters {bad} (a LaTeX \\a written as a BEL?)"
 
 
+def test_notebook_code_lines_fit_a_1280px_window():
+    # a longer line runs off the right edge of a code cell in a JupyterLab window 1280 px wide
+    limit = 100
+    for path, text in committed_notebooks().items():
+        for i, cell in enumerate(json.loads(text)["cells"]):
+            if cell["cell_type"] != "code":
+                continue
+            for n, line in enumerate("".join(cell["source"]).split("\n"), 1):
+                assert len(line) <= limit, (f"{path} cell {i} line {n} has {len(line)} characters, "
+                                            f"more than {limit}: wrap it\n{line}")
+
+
 def test_no_kernel_uses_what_nvrtc_lacks():
     for cu in sorted((REPO_ROOT / "cuda").glob("*.cu")) + sorted((REPO_ROOT / "tests" / "kernels").glob("*.cu")):
         from helpers.cuda_source import strip_comments
