@@ -308,3 +308,49 @@ def kernel_signature(src: str, expression: str, path: str = "<source>") -> Kerne
         bounds = int(subs[bounds]) if bounds in subs and subs[bounds].isdigit() else None
     return Kernel(name=expression.strip(), params=params, max_threads=bounds, line=k["line"],
                   template_params=k["template_params"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Module globals: __device__ and __constant__ variables
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class DeviceVariable:
+    name: str
+    base: str                 # the element's C type, normalised ("float", "int", "float4")
+    shape: tuple[int, ...]    # () for a scalar
+
+    @property
+    def dtype(self):
+        """The NumPy dtype of one element, or None for a type NumPy cannot describe (a struct)."""
+        known = {**SCALAR_TYPES, **VECTOR_TYPES}
+        if self.base not in known:
+            return None
+        scalar, width = known[self.base]
+        return np.dtype(scalar) if width == 1 else np.dtype((scalar, (width,)))
+
+
+_DEVICE_VARIABLE = re.compile(
+    r"(?<![\w])(?:__device__\s+(?:__constant__\s+)?|__constant__\s+(?:__device__\s+)?)"
+    r"(?P<decl>[^;(){}=]*?)\s+(?P<name>[A-Za-z_]\w*)\s*(?P<dims>(?:\[[^\]]*\]\s*)*)(?:=[^;]*)?;")
+
+
+def device_variables(src: str) -> list[DeviceVariable]:
+    """The file-scope `__device__` / `__constant__` variables of a source, in order (functions and
+    `__shared__` declarations are not variables of the module)."""
+    text = strip_comments(src)
+    found = []
+    depth, starts = 0, []
+    for ch in text:  # only declarations at brace depth 0 (file scope)
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+        starts.append(depth)
+    for m in _DEVICE_VARIABLE.finditer(text):
+        if starts[m.start()] != 0 or "__shared__" in m.group("decl"):
+            continue
+        tokens = m.group("decl").split()
+        base = normalise_base([t for t in tokens if t not in ("static", "extern", "__managed__")])
+        dims = tuple(int(d) for d in re.findall(r"\[\s*(\d+)\s*\]", m.group("dims")))
+        found.append(DeviceVariable(m.group("name"), base, dims))
+    return found

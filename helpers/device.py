@@ -15,6 +15,7 @@ and kernel calls follow CuPy's convention exactly: ``fn(grid, block, args, share
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from pathlib import Path
@@ -173,6 +174,26 @@ class Module:
             compiled = cpu_backend.compile_module(path, self.options, self.name_expressions)
             self._library = cpu_backend.Library(compiled)
 
+    def get_global(self, name: str):
+        """A module global (`__device__` or `__constant__` variable) as an array of its type and shape,
+        which launches read and update and which lives as long as the module, on both backends. Write
+        into it (`g[...] = value`) to set it for the next launch.
+
+        (On CuPy: an ndarray over `RawModule.get_global(name)`; on the CPU backend: a NumPy view of the
+        module's own copy, which every launch reads before it runs and updates after.)"""
+        variables = {v.name: v for v in cuda_source.device_variables(self.source)}
+        if name not in variables:
+            raise KeyError(f"{self.path.name} has no __device__ variable `{name}`; it has: "
+                           f"{', '.join(variables) or 'none'}")
+        var = variables[name]
+        if var.dtype is None:
+            raise TypeError(f"`{name}` is a {var.base}, which NumPy cannot describe: get_global views scalars and "
+                            f"vector types (and arrays of them)")
+        if self.backend == "cupy":
+            import cupy
+            return cupy.ndarray(var.shape, var.dtype, memptr=self._raw.get_global(name))
+        return self._library.global_array(name)
+
     def get_function(self, kernel_name: str) -> Function:
         if kernel_name not in self._functions:
             kernel = cuda_source.kernel_signature(self.source, kernel_name, str(self.path))
@@ -213,15 +234,22 @@ RACECHECK_SCHEDULES = ((cpu_backend.FORWARD, 0), (cpu_backend.REVERSE, 0), (cpu_
 
 
 def racecheck(fn: Function, grid, block, args, shared_mem=0, *, atol=0.0, rtol=0.0) -> None:
-    """Run a launch with each block's threads in several orders and require the same outputs.
+    """Run a launch with its threads and its blocks in several orders and require the same outputs,
+    and find places two blocks write.
 
     The orders: forward, reverse, random (a new random order after every barrier), and reverse with
     each warp running on after its shuffles (so one warp gets far ahead of the others), with the
     blocks in the same kinds of orders, one at a time. Correct kernels give identical bits in every
-    order; a missing __syncthreads(), or threads that read what others write without one, gives
-    different results. Works on copies of the arguments; on the CuPy backend it runs on the CPU.
-    Kernels whose float atomics sum in a different order may pass atol/rtol.
-    Raises RaceError naming the kernel and the outputs that differ; returns None when all agree."""
+    order; a missing __syncthreads(), threads that read what others write without one, or a block
+    that reads what another block writes give different results. In the first run every byte the
+    blocks write is attributed to its block: a byte written by two blocks outside atomics is a race
+    between blocks (CUDA runs blocks in no fixed order, and at the same time). A kernel that waits for
+    other blocks (a spin on a flag) cannot finish when its blocks run one at a time in the wrong order:
+    that is reported too, after at most 20 times the first run's time (and 5 s).
+
+    Works on copies of the arguments (and restores the module's globals); on the CuPy backend it runs
+    on the CPU. Kernels whose float atomics sum in a different order may pass atol/rtol.
+    Raises RaceError naming the kernel and what differs; returns None when all agree."""
     cpu_module = fn.module if fn.module.backend == "cpu" else load_module(
         fn.module.path, fn.module.options, fn.module.name_expressions, backend="cpu")
     cpu_fn = cpu_module.get_function(fn.name)
@@ -229,16 +257,41 @@ def racecheck(fn: Function, grid, block, args, shared_mem=0, *, atol=0.0, rtol=0
     host_args = [asnumpy(a) if (isinstance(a, np.ndarray) or (_CUPY_ARRAY and isinstance(a, _CUPY_ARRAY))) else a
                  for a in args]
     host_args = convert_args(fn.kernel, host_args, "cpu", (np.ndarray,), _CUPY_ARRAY)
+    library = cpu_module._library
+    saved_globals = [ctypes.string_at(address, nbytes) for address, nbytes in library.globals]
     results = []
-    for schedule, seed in RACECHECK_SCHEDULES:
-        # copies that keep aliasing: an array passed twice (an in-place kernel) is copied once
-        same = {}
-        copies = [same.setdefault((a.__array_interface__["data"][0], a.shape, a.dtype.str), a.copy())
-                  if isinstance(a, np.ndarray) else a for a in host_args]
-        cpu_backend.launch(cpu_module._library, cpu_fn.kernel, fn.name, grid3, block3, smem, copies,
-                           schedule=schedule, seed=seed, n_workers=1)
-        outs = {p.name: c for p, c in zip(fn.kernel.params, copies) if p.pointer and not p.const}
-        results.append((schedule, seed, outs))
+    first_seconds = None
+    try:
+        for k, (schedule, seed) in enumerate(RACECHECK_SCHEDULES):
+            # copies that keep aliasing: an array passed twice (an in-place kernel) is copied once
+            same = {}
+            copies = [same.setdefault((a.__array_interface__["data"][0], a.shape, a.dtype.str), a.copy())
+                      if isinstance(a, np.ndarray) else a for a in host_args]
+            for (address, nbytes), data in zip(library.globals, saved_globals):
+                ctypes.memmove(address, data, nbytes)
+            timeout = None if first_seconds is None else max(5.0, 20 * first_seconds)
+            order = cpu_backend.schedule_name(schedule, seed)
+            t0 = time.perf_counter()
+            try:
+                cpu_backend.launch(library, cpu_fn.kernel, fn.name, grid3, block3, smem, copies, schedule=schedule,
+                                   seed=seed, n_workers=1, timeout=timeout, track_writes=(k == 0 and cpu_backend.isolate))
+            except cpu_backend.BlockRace as e:
+                raise RaceError(str(e)) from None
+            except cpu_backend.LaunchTimeout:
+                if timeout is None:
+                    raise
+                raise RaceError(
+                    f"kernel `{fn.name}` did not finish when its blocks ran one at a time in {order} order (stopped "
+                    f"after {timeout:.0f} s; in forward order it took {first_seconds:.2f} s): a block waits for "
+                    f"other blocks (a spin on a flag or a counter another block sets?). CUDA neither orders blocks "
+                    f"nor runs them all at the same time, so such a kernel can hang on a GPU too.") from None
+            if first_seconds is None:
+                first_seconds = time.perf_counter() - t0
+            outs = {p.name: c for p, c in zip(fn.kernel.params, copies) if p.pointer and not p.const}
+            results.append((schedule, seed, outs))
+    finally:
+        for (address, nbytes), data in zip(library.globals, saved_globals):
+            ctypes.memmove(address, data, nbytes)
     _, _, first = results[0]
     for schedule, seed, outs in results[1:]:
         for pname, ref in first.items():
@@ -257,8 +310,9 @@ def racecheck(fn: Function, grid, block, args, shared_mem=0, *, atol=0.0, rtol=0
                     f"kernel `{fn.name}`: output `{pname}` depends on the order threads run in: running them "
                     f"forward and {order} gives different values at {len(bad)} of {ref.size} elements "
                     f"(first at index {where}: {ref[idx].item()!r} vs {got[idx].item()!r}). Threads read memory that other threads "
-                    f"write without a __syncthreads() (or __syncwarp()) between the write and the read, or float "
-                    f"atomics add in an order that changes the rounding (for those, pass atol/rtol).")
+                    f"write without a __syncthreads() (or __syncwarp()) between the write and the read, a block reads "
+                    f"what another block writes, or float atomics add in an order that changes the rounding (for "
+                    f"those, pass atol/rtol).")
 
 
 # ------------------------------------------------------------------------------------------------

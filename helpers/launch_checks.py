@@ -18,6 +18,8 @@ MAX_BLOCK = (1024, 1024, 64)
 MAX_THREADS_PER_BLOCK = 1024
 MAX_GRID = (2**31 - 1, 65535, 65535)
 MAX_DYNAMIC_SHARED = 48 * 1024
+MAX_PARAM_BYTES = 4096   # CUDA's kernel parameter space (CuPy's launches stay within it)
+MAX_PARAMS = 1024
 
 
 def _dim3(value, what: str, kernel: Kernel) -> tuple[int, int, int]:
@@ -73,6 +75,11 @@ def convert_args(kernel: Kernel, args, backend: str, array_types: tuple, foreign
     if len(args) != len(kernel.params):
         raise LaunchError(f"kernel `{kernel.name}` takes {len(kernel.params)} arguments but {len(args)} were given; "
                           f"signature: {kernel.describe()}")
+    param_bytes = sum(8 if p.pointer else (p.dtype.itemsize if p.dtype is not None else 8) for p in kernel.params)
+    if param_bytes > MAX_PARAM_BYTES or len(kernel.params) > MAX_PARAMS:
+        raise LaunchError(f"kernel `{kernel.name}` has {len(kernel.params)} parameters ({param_bytes} bytes): CUDA "
+                          f"passes at most 4 KiB of kernel parameters ({MAX_PARAM_BYTES} bytes). Pass the values in "
+                          f"an array instead")
     out = []
     for i, (p, a) in enumerate(zip(kernel.params, args)):
         where = _where(kernel, i, p)
@@ -84,6 +91,13 @@ def convert_args(kernel: Kernel, args, backend: str, array_types: tuple, foreign
                 raise LaunchError(f"{where}: got {hint}")
             if not isinstance(a, array_types):
                 raise LaunchError(f"{where}: expects an array, got {type(a).__name__} {a!r:.40}")
+            if a.dtype.kind not in "biufc" or a.dtype.fields is not None:
+                raise LaunchError(f"{where}: got an array of {a.dtype} ({a.dtype.kind!r} kind), but a kernel can only be "
+                                  f"given arrays of numbers (bool, int, float): an object or string array holds "
+                                  f"Python objects, not the bytes a kernel reads")
+            if not a.dtype.isnative:
+                raise LaunchError(f"{where}: got a big-endian {a.dtype.name} array ({a.dtype.str}); kernels read "
+                                  f"native (little-endian) numbers: convert with x.astype('{a.dtype.newbyteorder('=').str}')")
             if p.dtype is not None and a.dtype != p.dtype:
                 raise LaunchError(f"{where}: expects a {p.dtype.name} array, got {a.dtype.name}; "
                                   f"convert it with .astype(np.{p.dtype.name})")
@@ -102,6 +116,8 @@ def convert_args(kernel: Kernel, args, backend: str, array_types: tuple, foreign
         if isinstance(a, array_types + foreign_types) or isinstance(a, np.ndarray):
             raise LaunchError(f"{where}: expects a single {p.base} value, got an array; pass a Python number")
         if p.base not in ("float", "double", "bool") and p.dtype is not None and p.dtype.kind in "iu":
+            if isinstance(a, (bool, np.bool_)):
+                raise LaunchError(f"{where}: expects an integer, got the bool {a!r}; pass int({a!r}) if that is meant")
             if isinstance(a, (numbers.Integral, np.integer)):
                 info = np.iinfo(p.dtype)
                 if not info.min <= int(a) <= info.max:
@@ -116,10 +132,16 @@ def convert_args(kernel: Kernel, args, backend: str, array_types: tuple, foreign
             raise LaunchError(f"{where}: expects a bool, got {type(a).__name__} {a!r}")
         if p.base in ("float", "double"):
             if isinstance(a, (numbers.Real, np.integer, np.floating)) and not isinstance(a, (bool, np.bool_)):
+                try:
+                    as_float = float(a)
+                except OverflowError:
+                    raise LaunchError(f"{where}: {a!r:.30} is too large for a {p.base} (at most "
+                                      f"{float(np.finfo(p.dtype).max):.4g})") from None
                 with np.errstate(over="ignore"):
-                    v = p.dtype.type(a)
-                if np.isfinite(float(a)) and not np.isfinite(v):
-                    raise LaunchError(f"{where}: {a!r} overflows a {p.base}")
+                    v = p.dtype.type(as_float)
+                if np.isfinite(as_float) and not np.isfinite(v):
+                    raise LaunchError(f"{where}: {a!r:.30} is too large for a {p.base} (at most "
+                                      f"{float(np.finfo(p.dtype).max):.4g})")
                 out.append(v)
                 continue
             raise LaunchError(f"{where}: expects a number, got {type(a).__name__} {a!r}")

@@ -50,7 +50,7 @@ def test_scalars_become_exact_c_types(all_params):
     (9, -1, r"argument 9 `uk` \(unsigned int\): -1 does not fit"),
     (4, 2**63, r"argument 4 `ll` \(long long\): .* does not fit"),
     (6, "1.5", r"argument 6 `x` \(float\): expects a number, got str"),
-    (6, 1e39, r"argument 6 `x` \(float\): 1e\+39 overflows a float"),
+    (6, 1e39, r"argument 6 `x` \(float\): 1e\+39 is too large for a float"),
     (6, np.zeros(1, np.float32), r"argument 6 `x` \(float\): expects a single float value, got an array"),
     (10, 2, r"argument 10 `flag` \(bool\): expects a bool"),
 ])

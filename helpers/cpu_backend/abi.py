@@ -1,19 +1,58 @@
-"""ctypes mirrors of gpt2cpu_abi.h: the report of a launch and its configuration."""
+"""The ctypes mirrors of runtime/abi.h, read from that header itself: the constants, the enums and the
+structs a kernel module, the launcher and Python share are defined once, in C++.
+
+Every module reports sizeof() of its structs when it is loaded, and the launcher is built from the
+same header, so a layout that Python reads differently is an error, not a wrong result.
+"""
+from __future__ import annotations
+
 import ctypes
+import re
+from pathlib import Path
+
+HEADER = Path(__file__).with_name("runtime") / "abi.h"
+
+_CTYPES = {"int32_t": ctypes.c_int32, "uint32_t": ctypes.c_uint32, "int64_t": ctypes.c_int64,
+           "uint64_t": ctypes.c_uint64, "uint8_t": ctypes.c_uint8, "char": ctypes.c_char}
 
 
-class Report(ctypes.Structure):
-    _fields_ = [("status", ctypes.c_int32), ("signo", ctypes.c_int32), ("fault_kind", ctypes.c_int32),
-                ("access", ctypes.c_int32), ("addr", ctypes.c_uint64), ("pc", ctypes.c_uint64),
-                ("module_base", ctypes.c_uint64), ("has_thread", ctypes.c_int32),
-                ("block_idx", ctypes.c_int32 * 3), ("thread_idx", ctypes.c_int32 * 3), ("pad", ctypes.c_int32),
-                ("printf_used", ctypes.c_uint64), ("printf_dropped", ctypes.c_uint64),
-                ("switches", ctypes.c_uint64), ("arena_base", ctypes.c_uint64), ("message", ctypes.c_char * 2048)]
+def _strip_comments(text: str) -> str:
+    return re.sub(r"//[^\n]*", "", text)
 
 
-class LaunchConfig(ctypes.Structure):
-    _fields_ = [("entry", ctypes.c_int32), ("schedule", ctypes.c_int32), ("grid", ctypes.c_uint32 * 3),
-                ("block", ctypes.c_uint32 * 3), ("shared_mem", ctypes.c_uint64),
-                ("args", ctypes.POINTER(ctypes.c_void_p)), ("workers", ctypes.c_int32), ("plain", ctypes.c_int32),
-                ("seed", ctypes.c_uint64), ("report", ctypes.c_void_p), ("printf_buf", ctypes.c_void_p),
-                ("printf_cap", ctypes.c_uint64), ("pool", ctypes.c_void_p), ("pool_regions", ctypes.c_uint64)]
+def _parse(text: str):
+    text = _strip_comments(text)
+    constants: dict[str, int] = {}
+    for m in re.finditer(r"constexpr\s+\w+\s+(k\w+)\s*=\s*([^;]+);", text):
+        constants[m.group(1)] = int(eval(m.group(2), {"__builtins__": {}}, dict(constants)))  # integer literals
+    for m in re.finditer(r"enum\s+\w+\s*:\s*\w+\s*\{([^}]*)\}", text):
+        for item in m.group(1).split(","):
+            name, _, value = item.partition("=")
+            if name.strip():
+                constants[name.strip()] = int(value.strip(), 0)
+    structs: dict[str, type] = {}
+    for m in re.finditer(r"struct\s+(\w+)\s*\{([^}]*)\};", text):
+        fields = []
+        for line in m.group(2).split(";"):
+            line = " ".join(line.split())
+            if not line:
+                continue
+            f = re.fullmatch(r"(\w+)\s*(\*{0,2})\s*(\w+)(?:\[(\w+)\])?", line)
+            if not f:
+                raise ValueError(f"{HEADER.name}: cannot read the field {line!r} of struct {m.group(1)}")
+            kind, stars, name, count = f.groups()
+            ctype = ctypes.c_void_p if stars else (structs[kind] if kind in structs else _CTYPES[kind])
+            if count:
+                ctype = ctype * (constants[count] if count in constants else int(count))
+            fields.append((name, ctype))
+        structs[m.group(1)] = type(m.group(1), (ctypes.Structure,), {"_fields_": fields})
+    return constants, structs
+
+
+CONSTANTS, STRUCTS = _parse(HEADER.read_text())
+Report = STRUCTS["Report"]
+LaunchConfig = STRUCTS["LaunchConfig"]
+Window = STRUCTS["Window"]
+GlobalSlot = STRUCTS["GlobalSlot"]
+ArgSlot = STRUCTS["ArgSlot"]
+globals().update({k: v for k, v in CONSTANTS.items()})

@@ -1,10 +1,11 @@
-"""The memory a CPU-backend launch runs on: one shared "arena" mapping, in which every array argument
-is copied to sit right against inaccessible guard bytes, next to the launch's report and printf buffer.
+"""The memory a CPU-backend launch runs on: one shared "arena" file that this process and the launch
+process both map. Its header (runtime/abi.h) holds the launch's report, the tables of its arguments,
+windows and globals, and its printf records; then every array argument's pages.
 
-The arena is a memfd (Linux) or an unlinked POSIX shared-memory object (macOS and other systems)
-that this process and the launcher process both map, so a kernel running in the launcher's child
-writes results that Python reads back at once, at the same offsets. The guard ranges are protected
-in the child only (Python's own mapping stays readable).
+The arena is a memfd (Linux) or an unlinked POSIX shared-memory object (macOS and other systems).
+Each array sits against the end of its last page; the launch process maps those pages into the middle
+of a window of inaccessible address space of the argument's own (runtime/memory.h), so a kernel that
+runs in it writes results that Python reads back here at once, and every stray access faults there.
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 
+from . import abi
+
 PAGE = mmap.PAGESIZE
 PROT_NONE, PROT_READ, PROT_WRITE = 0, 1, 2
 LINUX = sys.platform.startswith("linux")
 MAP_SHARED, MAP_ANONYMOUS, MAP_NORESERVE = 0x01, (0x20 if LINUX else 0x1000), (0x4000 if LINUX else 0x40)
-MADV_REMOVE = 9
-CANARY = 0xFF      # unused bytes around an array: NaN as float, so stray reads show
-GUARD = 64 * 1024  # inaccessible bytes on each side of an array (address space only, no memory)
+MADV_REMOVE = 9    # Linux: give the pages of a shared mapping back
+CANARY = 0xFF      # the bytes in front of an array: NaN as float, checked after the launch
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -60,103 +62,96 @@ def shared_memory_fd() -> int | None:
 
 class Arena:
     SIZE = 64 << 30            # address space only: pages exist once written
-    KEEP = 256 << 20           # bytes kept between launches; beyond, memory is given back
+    KEEP = 256 << 20           # bytes of data kept mapped between launches; beyond, given back at the next
 
-    def __init__(self, header_bytes: int):
+    def __init__(self):
         self.fd = shared_memory_fd()
         if self.fd is not None:
             os.ftruncate(self.fd, self.SIZE)
             self.base = mmap_or_raise(self.SIZE, MAP_SHARED | MAP_NORESERVE, self.fd)
         else:
             self.base = mmap_or_raise(self.SIZE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE)
-        self.first = -(-header_bytes // PAGE) * PAGE
+        self.first = abi.kHeaderBytes
         self.top = self.high_water = self.first
-        self.protected: list[tuple[int, int]] = []
         self.pid = os.getpid()
 
     def close(self):
-        """Unmap and close (the arena is unusable after this)."""
-        if self.base:
-            _libc.munmap(self.base, self.SIZE)
-            self.base = 0
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        """Unmap and close (idempotent; the arena is unusable after this)."""
+        base, self.base = self.base, 0
+        if base:
+            _libc.munmap(base, self.SIZE)
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def reset(self):
-        """Forget the last launch's arrays (and undo protections applied in this process)."""
-        for offset, length in self.protected:
-            _libc.mprotect(self.base + offset, length, PROT_READ | PROT_WRITE)
-        self.protected.clear()
-        if self.high_water > self.KEEP:
-            _libc.madvise(self.base + self.KEEP, self.high_water - self.KEEP, MADV_REMOVE)
-            self.high_water = self.KEEP
+        """Forget the last launch's arrays (called before a launch, never between a launch and the
+        copies back of its results). Memory past KEEP is given back to the system."""
+        if self.high_water > self.first + self.KEEP and LINUX and self.fd is not None:
+            start = self.first + self.KEEP
+            _libc.madvise(self.base + start, self.high_water - start, MADV_REMOVE)
+            self.high_water = start
         self.top = self.first
 
     def alloc(self, nbytes: int) -> int:
         offset = self.top
         self.top += -(-nbytes // PAGE) * PAGE
         if self.top > self.SIZE:
-            raise MemoryError(f"a CPU-backend launch needs more than the {self.SIZE >> 30} GiB arena")
+            raise MemoryError(f"a CPU-backend launch needs more than the {self.SIZE >> 30} GiB arena: "
+                              f"{self.top >> 20} MiB of arrays")
         self.high_water = max(self.high_water, self.top)
         return offset
 
-    def protect_here(self, protects):
-        """Apply protections in this process (the modes without the launcher fork from here)."""
-        for offset, length, prot in protects:
-            _libc.mprotect(self.base + offset, length, prot)
-            self.protected.append((offset, length))
+    def clear_header(self):
+        ctypes.memset(self.base, 0, abi.kPrintfOffset)
 
 
 @dataclass
 class Staged:
     """The memory of one array argument (or of several that overlap, like x and x[1:]) in the arena:
-    [GUARD][lead slack][data][trail slack][GUARD], the data as close to the trailing guard as its
-    alignment allows, the slack filled with CANARY bytes."""
+    whole pages, the data against the end of the last one, the bytes in front of it filled with CANARY."""
     lo: int                 # the caller's memory [lo, hi)
     hi: int
     members: list = field(default_factory=list)   # (argument index, Param, array)
     writable: bool = False
-    align: int = 16
-    offset: int = 0         # arena offset of the region
-    body: int = 0
+    offset: int = 0         # arena offset of the pages
+    body: int = 0           # bytes of pages
     data: int = 0           # arena offset of the data
+    mapped_data: int = 0    # the address of the data in the launch process (after the launch)
 
     @property
     def nbytes(self):
         return self.hi - self.lo
 
     def place(self, arena: Arena):
-        data_span = -(-max(self.nbytes, 1) // 16) * 16
-        self.body = -(-(data_span + 16) // PAGE) * PAGE
-        self.offset = arena.alloc(self.body + 2 * GUARD)
-        ctypes.memset(arena.base + self.offset + GUARD, CANARY, self.body)
-        end = self.offset + GUARD + self.body
-        self.data = (end - self.nbytes) // self.align * self.align
+        self.body = max(PAGE, -(-self.nbytes // PAGE) * PAGE)
+        self.offset = arena.alloc(self.body)
+        self.data = self.offset + self.body - self.nbytes
+        ctypes.memset(arena.base + self.offset, CANARY, self.data - self.offset)
         if self.nbytes:
             ctypes.memmove(arena.base + self.data, self.lo, self.nbytes)
 
-    def protections(self):
-        out = [(self.offset, GUARD, PROT_NONE), (self.offset + GUARD + self.body, GUARD, PROT_NONE)]
-        if not self.writable:
-            out.append((self.offset + GUARD, self.body, PROT_READ))
-        return out
+    def window(self) -> "abi.Window":
+        return abi.Window(arena_offset=self.offset, body_bytes=self.body, data_offset=self.data - self.offset,
+                          data_bytes=self.nbytes, writable=int(self.writable), align_phase=self.lo % 256)
 
-    def slack_written(self, arena: Arena) -> bool:
-        start, end = arena.base + self.offset + GUARD, arena.base + self.offset + GUARD + self.body
-        data = arena.base + self.data
-        lead = ctypes.string_at(start, data - start)
-        trail = ctypes.string_at(data + self.nbytes, end - data - self.nbytes)
-        return any(b != CANARY for b in lead + trail)
+    def lead_written(self, arena: Arena) -> bool:
+        """A write in front of the array (inside its first page, where nothing faults)."""
+        lead = ctypes.string_at(arena.base + self.offset, self.data - self.offset)
+        return lead.count(CANARY) != len(lead)
 
     def copy_back(self, arena: Arena):
         if self.writable and self.nbytes:
             ctypes.memmove(self.lo, arena.base + self.data, self.nbytes)
 
 
-def stage(kernel, values, arena: Arena) -> tuple[list[Staged], dict[int, int]]:
-    """Copy the array arguments into the arena; returns the buffers and argument index -> arena offset."""
-    arrays = [(i, p, a) for i, (p, a) in enumerate(zip(kernel.params, values)) if p.pointer]
+def stage(kernel, values, arena: Arena) -> list[Staged]:
+    """Copy the array arguments into the arena, one group per block of memory they share; fills the
+    arena's tables of windows and arguments."""
+    arrays = [(i, p, a) for i, (p, a) in enumerate(zip(kernel.params, values)) if p.pointer and a is not None]
     spans = sorted(((a.__array_interface__["data"][0], a.__array_interface__["data"][0] + a.nbytes, i, p, a)
                     for i, p, a in arrays), key=lambda t: t[0])
     groups: list[Staged] = []
@@ -167,15 +162,22 @@ def stage(kernel, values, arena: Arena) -> tuple[list[Staged], dict[int, int]]:
             g.members.append((i, p, a))
         else:
             groups.append(Staged(lo, hi, members=[(i, p, a)]))
-    offsets = {}
-    for g in groups:
+    windows = (abi.Window * abi.kMaxWindows).from_address(arena.base + abi.kWindowsOffset)
+    slots = (abi.ArgSlot * abi.kMaxParams).from_address(arena.base + abi.kArgsOffset)
+    where = {}
+    for w, g in enumerate(groups):
         g.writable = any(not p.const for _, p, _ in g.members)
-        # 16-byte alignment (like cudaMalloc's 256) keeps float4 casts valid; an array whose size is
-        # not a multiple of 16 bytes is aligned to its element size instead, so that the first
-        # element past its end is the first guard byte and faults exactly.
-        if g.nbytes % 16 and not any(p.vector_width > 1 for _, p, _ in g.members):
-            g.align = max(a.itemsize for _, _, a in g.members)
         g.place(arena)
+        windows[w] = g.window()
         for i, p, a in g.members:
-            offsets[i] = g.data + (a.__array_interface__["data"][0] - g.lo)
-    return groups, offsets
+            where[i] = (w, a.__array_interface__["data"][0] - g.lo)
+    for i, (p, v) in enumerate(zip(kernel.params, values)):
+        s = slots[i]
+        if p.pointer:
+            s.is_pointer = 1
+            s.window, s.offset = where.get(i, (-1, 0))   # (a None pointer: -1, null)
+        else:
+            raw = v.tobytes()
+            s.is_pointer, s.window, s.size = 0, -1, len(raw)
+            ctypes.memmove(s.bytes, raw, len(raw))
+    return groups

@@ -4,8 +4,8 @@
 // forking the notebook's own process costs more the bigger it is (its page tables are copied, and
 // afterwards each page it writes faults once): 5-20 ms with PyTorch loaded. This process is tiny, so
 // its forks are cheap. It shares one memory "arena" with Python (a memfd, or POSIX shared memory on
-// macOS, that both map): the arrays of a launch, its report and its printf buffer live there, at
-// offsets both sides agree on.
+// macOS, that both map): the arrays of a launch, its arguments, report and printf records live
+// there, at offsets both sides agree on (runtime/abi.h).
 //
 // Protocol on the socket (native layout, one request at a time): Python sends a Request with a
 // sequence number; the launcher forks and answers a Reply {seq, PID, child pid or -errno}, waits for
@@ -15,10 +15,10 @@
 // stale child can never touch a later launch.
 //
 // Lifetime: this process leads its own process group (Python starts it so); it exits when the
-// socket closes (Python exited, however it exited), killing the running child first. The child
-// protects the guard ranges of the arena in its own address space, builds the kernel's arguments
-// and runs the launch in the module (gpt2cpu_launch with isolate=2).
-#include "gpt2cpu_abi.h"
+// socket closes (Python exited, however it exited), killing the running child first. The child maps
+// the arguments into their guard windows and runs the launch in the module (gpt2cpu_launch with
+// isolate=2), which reads everything else from the arena.
+#include "runtime/abi.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -38,27 +38,18 @@
 namespace {
 
 constexpr uint32_t kMagic = 0x67707432;  // "gpt2"
-constexpr int kMaxArgs = 64, kMaxProtects = 256;
-constexpr size_t kRegion = size_t(1) << 18;  // gpt2cpu.h's fiber stack region
+constexpr size_t kRegion = size_t(1) << gpt2cpu::kRegionShift;
 
-struct Arg {
-    uint32_t is_pointer;   // 1: value is an arena offset to translate into an address
-    uint32_t size;         // bytes of a scalar value
-    uint64_t offset;       // arena offset (pointers)
-    uint8_t bytes[16];     // the scalar's bytes
-};
-struct Protect { uint64_t offset, length; int32_t prot, pad; };
 struct Request {
     uint32_t magic, quit;
     uint64_t seq;               // echoed in both replies
     char library[1024];
-    gpt2cpu::LaunchConfig cfg;  // its pointer fields are ignored: filled in from the offsets below
-    uint64_t report_offset, printf_offset;
+    gpt2cpu::LaunchConfig cfg;  // its pool and arena_fd are filled in here
     uint64_t pool_regions;      // >0: run on the launcher's unguarded stack pool of this many regions
-    uint32_t nargs, nprotects;
-    Arg args[kMaxArgs];
-    Protect protects[kMaxProtects];
 };
+
+enum ReplyKind : int32_t { REPLY_PID = 1, REPLY_STATUS = 2 };
+struct Reply { uint64_t seq; int32_t kind, pad; int64_t value; };
 
 bool read_all(int fd, void* p, size_t n) {
     char* c = (char*)p;
@@ -83,10 +74,7 @@ bool write_all(int fd, const void* p, size_t n) {
     return true;
 }
 
-enum ReplyKind : int32_t { REPLY_PID = 1, REPLY_STATUS = 2 };
-struct Reply { uint64_t seq; int32_t kind, pad; int64_t value; };
-
-typedef long (*LaunchFn)(gpt2cpu::LaunchConfig*, int);
+typedef long (*LaunchFn)(gpt2cpu::LaunchConfig*, char*, int);
 
 int g_sigchld_pipe[2] = {-1, -1};
 void on_sigchld(int) {
@@ -175,27 +163,11 @@ int main(int argc, char** argv) {
         if (pid == 0) {
             signal(SIGCHLD, SIG_DFL);
             signal(SIGINT, SIG_DFL);
-            for (uint32_t i = 0; i < req.nprotects; i++)
-                mprotect(arena + req.protects[i].offset, req.protects[i].length, req.protects[i].prot);
-            static void* values[kMaxArgs];
-            static uint64_t storage[kMaxArgs][2];
-            for (uint32_t i = 0; i < req.nargs; i++) {
-                if (req.args[i].is_pointer) {
-                    void* p = arena + req.args[i].offset;
-                    memcpy(storage[i], &p, sizeof p);
-                } else {
-                    memcpy(storage[i], req.args[i].bytes, req.args[i].size);
-                }
-                values[i] = storage[i];
-            }
             gpt2cpu::LaunchConfig cfg = req.cfg;
-            cfg.args = values;
-            cfg.report = (gpt2cpu::Report*)(arena + req.report_offset);
-            cfg.printf_buf = arena + req.printf_offset;
-            cfg.report->arena_base = (uint64_t)arena;
+            cfg.arena_fd = arena_fd;
             cfg.pool = (req.pool_regions && pool) ? pool : nullptr;
             cfg.pool_regions = cfg.pool ? pool_regions : 0;
-            launch(&cfg, 2);  // does not return
+            launch(&cfg, arena, 2);  // does not return
             _exit(2);
         }
         if (!reply(sock, req.seq, REPLY_PID, pid < 0 ? -errno : pid)) {

@@ -14,30 +14,17 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CompileError, KernelError
+from . import cache
 from .abi import LaunchConfig
 
 SOURCE = Path(__file__).with_name("launcher.cpp")
-ABI = Path(__file__).with_name("gpt2cpu_abi.h")
+ABI = Path(__file__).with_name("runtime") / "abi.h"
 MAGIC = 0x67707432
-MAX_ARGS, MAX_PROTECTS = 64, 256
-
-
-class Arg(ctypes.Structure):
-    _fields_ = [("is_pointer", ctypes.c_uint32), ("size", ctypes.c_uint32), ("offset", ctypes.c_uint64),
-                ("bytes", ctypes.c_uint8 * 16)]
-
-
-class Protect(ctypes.Structure):
-    _fields_ = [("offset", ctypes.c_uint64), ("length", ctypes.c_uint64), ("prot", ctypes.c_int32),
-                ("pad", ctypes.c_int32)]
 
 
 class Request(ctypes.Structure):
     _fields_ = [("magic", ctypes.c_uint32), ("quit", ctypes.c_uint32), ("seq", ctypes.c_uint64),
-                ("library", ctypes.c_char * 1024),
-                ("cfg", LaunchConfig), ("report_offset", ctypes.c_uint64), ("printf_offset", ctypes.c_uint64),
-                ("pool_regions", ctypes.c_uint64), ("nargs", ctypes.c_uint32), ("nprotects", ctypes.c_uint32),
-                ("args", Arg * MAX_ARGS), ("protects", Protect * MAX_PROTECTS)]
+                ("library", ctypes.c_char * 1024), ("cfg", LaunchConfig), ("pool_regions", ctypes.c_uint64)]
 
 
 class Reply(ctypes.Structure):
@@ -52,19 +39,18 @@ class LauncherLost(KernelError):
 
 
 def build(compiler: str, out_dir: Path) -> Path:
-    """Compile launcher.cpp once (cached by its content and the compiler)."""
+    """Compile launcher.cpp once (cached by its content and the compiler; rebuilt if tampered with)."""
     digest = hashlib.sha256(SOURCE.read_bytes() + ABI.read_bytes() + compiler.encode()).hexdigest()[:16]
     exe = out_dir / f"launcher-{digest}"
-    if exe.is_file():
+    if cache.trusted(exe):
         return exe
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_exe = Path(tmp) / exe.name
         proc = subprocess.run([compiler, "-std=c++17", "-O2", f"-I{SOURCE.parent}", str(SOURCE), "-o", str(tmp_exe),
                                "-ldl"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise CompileError(f"the CPU backend's launcher does not compile:\n{proc.stderr[-3000:]}")
-        os.replace(tmp_exe, exe)
+        cache.seal(tmp_exe, exe)
     return exe
 
 
@@ -123,27 +109,16 @@ class Launcher:
                                f"{self.seq}/{kind}); it was replaced, the next launch starts a new one")
         return r.value
 
-    def run(self, library: Path, cfg, report_offset, printf_offset, args, protects, pool_regions,
-            timeout: float, kernel_name: str) -> int:
-        """Run one launch in a fork of the launcher; returns its wait status. Any exception out of here
-        (an interrupt included) leaves the exchange unfinished: the caller must close this launcher."""
+    def run(self, library: Path, cfg, pool_regions: int, timeout: float, kernel_name: str) -> int:
+        """Run one launch (its tables already in the arena) in a fork of the launcher; returns its wait
+        status. Any exception out of here (an interrupt included) leaves the exchange unfinished: the
+        caller must close this launcher."""
         r = self.request
         self.seq += 1
         r.magic, r.quit, r.seq = MAGIC, 0, self.seq
         r.library = str(library).encode()
         r.cfg = cfg
-        r.report_offset, r.printf_offset, r.pool_regions = report_offset, printf_offset, pool_regions
-        r.nargs, r.nprotects = len(args), len(protects)
-        for i, (is_pointer, value) in enumerate(args):
-            a = r.args[i]
-            a.is_pointer = int(is_pointer)
-            if is_pointer:
-                a.offset = value
-            else:
-                a.size = len(value)
-                ctypes.memmove(a.bytes, value, len(value))
-        for i, (offset, length, prot) in enumerate(protects):
-            r.protects[i].offset, r.protects[i].length, r.protects[i].prot = offset, length, prot
+        r.pool_regions = pool_regions
         try:
             self.sock.sendall(bytes(r))
         except OSError as e:
@@ -156,8 +131,16 @@ class Launcher:
         if status is None:
             os.kill(pid, signal.SIGKILL)
             self._reply(REPLY_STATUS, 10.0)
-            raise KernelError(
-                f"kernel `{kernel_name}` ran past the timeout of {timeout:g} s and was stopped: an endless loop "
-                f"(a while loop whose condition never changes?), or a launch too large for the CPU backend. "
-                f"helpers.device.set_timeout(seconds) raises the limit.")
+            raise LaunchTimeout(kernel_name, timeout)
         return int(status)
+
+
+class LaunchTimeout(KernelError):
+    """A launch that ran past its timeout and was stopped."""
+
+    def __init__(self, kernel_name: str, timeout: float):
+        self.kernel_name, self.timeout = kernel_name, timeout
+        super().__init__(
+            f"kernel `{kernel_name}` ran past the timeout of {timeout:g} s and was stopped: an endless loop "
+            f"(a while loop whose condition never changes?), or a launch too large for the CPU backend. "
+            f"helpers.device.set_timeout(seconds) raises the limit.")
