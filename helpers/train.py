@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -106,25 +107,109 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
-# Checkpoints: safetensors (tensors) + JSON (everything else), one file, written atomically
+# Checkpoints: safetensors (tensors) + JSON (everything else), one file, written atomically, with a
+# checksum of the tensors; everything is checked before a run resumes from it
 # ------------------------------------------------------------------------------------------------
+FORMAT = "gpt2-cuda-notebooks checkpoint 1"
+# settings that change what a run computes: a run resumes only with the same ones
+TRAJECTORY = ("n_layer", "n_head", "n_embd", "vocab_size", "init_from", "data_path", "train_bin", "val_bin", "B", "T",
+              "grad_accum", "seed", "steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip")
+
+
+def tensor_digest(tensors: dict) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes (a bit flipped anywhere changes it)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = np.ascontiguousarray(tensors[k])
+        h.update(f"{k}:{t.dtype.str}:{t.shape};".encode())
+        h.update(memoryview(t).cast("B"))
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, model: GPT2, opt: AdamW, loader: data.DataLoader, step: int, cfg: TrainConfig):
-    from safetensors.numpy import save_file
+    from safetensors import numpy as safetensors_numpy
     tensors = {f"param.{k}": v for k, v in model.state().items()}
     state = opt.state()
     tensors["adamw.m"], tensors["adamw.v"] = state["m"], state["v"]
     meta = {"step": step, "adamw_t": state["t"], "loader": loader.state(), "model_config": asdict(model.config),
-            "train_config": asdict(cfg), "format": "gpt2-cuda-notebooks checkpoint 1"}
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"meta": json.dumps(meta)}))
+            "train_config": asdict(cfg), "format": FORMAT, "tensors_sha256": tensor_digest(tensors)}
+    try:
+        atomic_write(path, lambda p: safetensors_numpy.save_file(tensors, str(p), metadata={"meta": json.dumps(meta)}))
+    except OSError as e:
+        raise TrainingError(f"could not write the checkpoint {path}: {e.strerror or e} (is the disk full?). The "
+                            f"previous checkpoint, if there is one, is intact: free some space and run again to "
+                            f"resume from it") from e
 
 
-def load_checkpoint(path: Path):
-    """(meta, tensors) of a checkpoint written by save_checkpoint."""
+def load_checkpoint(path: Path, verify: bool = True):
+    """(meta, tensors) of a checkpoint written by save_checkpoint; a TrainingError naming the file if it
+    cannot be read or (verify) if its tensors do not match their checksum."""
     from safetensors import safe_open
     from safetensors.numpy import load_file
-    with safe_open(str(path), "np") as f:
-        meta = json.loads(f.metadata()["meta"])
-    return meta, load_file(str(path))
+    path = Path(path)
+    advice = (f"Move it away (or delete it) to start over, or pass --no-resume (resume=False); an older copy, if you "
+              f"kept one, can be put back")
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = json.loads((f.metadata() or {})["meta"])
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors' own errors, OSError, a JSON error, a missing key
+        raise TrainingError(f"{path} is not a readable checkpoint: it is truncated or corrupt ({type(e).__name__}: "
+                            f"{e}). {advice}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TrainingError(f"{path} is not a checkpoint of this project's training (format "
+                            f"{meta.get('format') if isinstance(meta, dict) else meta!r}). {advice}")
+    if verify and meta.get("tensors_sha256") != tensor_digest(tensors):
+        raise TrainingError(f"{path}: its tensors do not match their checksum: the file was changed or damaged "
+                            f"after it was written (a bit flip, a copy cut short). {advice}")
+    return meta, tensors
+
+
+def _check_resumable(path: Path, meta: dict, tensors: dict, model: GPT2, cfg: TrainConfig, loader: data.DataLoader):
+    """Refuse a checkpoint that this run cannot continue exactly, saying why."""
+    restart = "use another out_dir, or --no-resume (resume=False) to start over"
+    saved = meta.get("train_config", {})
+    diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {getattr(cfg, k)!r} now" for k in TRAJECTORY
+             if k in saved and saved[k] != getattr(cfg, k)]
+    if diffs:
+        raise TrainingError(f"{path} was written by a run with other settings ({'; '.join(diffs)}); resuming would "
+                            f"not continue that run. Run again with its settings, or {restart}")
+    if meta["model_config"] != asdict(model.config):
+        raise TrainingError(f"{path} holds a model {meta['model_config']}, but this run builds "
+                            f"{asdict(model.config)}: {restart}")
+    needed = [f"param.{k}" for k in model.params.views] + ["adamw.m", "adamw.v"]
+    missing = [k for k in needed if k not in tensors]
+    if missing:
+        raise TrainingError(f"{path} lacks the tensors {', '.join(missing)}: {restart}")
+    for k in needed:
+        t = tensors[k]
+        if not np.isfinite(t).all():
+            raise TrainingError(f"{path}: {k} holds values that are not finite (inf or NaN): {restart}")
+    if (tensors["adamw.v"] < 0).any():
+        raise TrainingError(f"{path}: adamw.v (a running mean of squares) holds negative values: {restart}")
+    step = meta.get("step")
+    if not isinstance(step, int) or not 0 <= step <= cfg.steps:
+        raise TrainingError(f"{path}: step {step!r} is outside this run's {cfg.steps} steps: {restart}")
+    if meta.get("adamw_t") != step:
+        raise TrainingError(f"{path}: AdamW has taken {meta.get('adamw_t')!r} steps but the run {step}: {restart}")
+    state = meta.get("loader", {})
+    try:
+        epoch, index = int(state["epoch"]), int(state["index"])
+    except (KeyError, TypeError, ValueError):
+        raise TrainingError(f"{path}: the data loader's position {state!r} is unreadable: {restart}") from None
+    if not (0 <= index <= loader.n_chunks and epoch >= 0):
+        raise TrainingError(f"{path}: the data loader's position (epoch {epoch}, index {index}) is outside the "
+                            f"{loader.n_chunks} batches of an epoch of this data: {restart}")
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Remove what atomic_write leaves behind when a run dies while it writes (.NAME.XXXX.tmp)."""
+    stale = [p for p in out.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        print(f"removed {len(stale)} unfinished temporary files of an interrupted save in {out}")
+    return len(stale)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -159,10 +244,11 @@ def build_model(cfg: TrainConfig, backend: str) -> GPT2:
                            n_embd=cfg.n_embd), backend=backend, seed=cfg.seed)
 
 
-def evaluate(model: GPT2, val_tokens, cfg: TrainConfig) -> float:
+def evaluate(model: GPT2, val_tokens, cfg: TrainConfig, batches: int | None = None) -> float:
     """Mean loss over the first val_batches batches of the validation split (always the same ones)."""
     loader = data.DataLoader(val_tokens, cfg.B, cfg.T, shuffle=False)
-    losses = [model.forward(*loader.next_batch())[1] for _ in range(min(cfg.val_batches, loader.n_chunks))]
+    count = min(cfg.val_batches if batches is None else batches, loader.n_chunks)
+    losses = [model.forward(*loader.next_batch())[1] for _ in range(count)]
     return float(np.mean(losses))
 
 
@@ -173,6 +259,7 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
     backend = cfg.resolved_backend()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     ckpt_path, log_path = out / "checkpoint.safetensors", out / "log.jsonl"
     if tokens is not None:
         train_tokens, val_tokens = tokens
@@ -191,9 +278,7 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
     start = 0
     if cfg.resume and ckpt_path.is_file():
         meta, tensors = load_checkpoint(ckpt_path)
-        if meta["model_config"] != asdict(model.config):
-            raise TrainingError(f"{ckpt_path} holds a model {meta['model_config']}, but this run builds "
-                                f"{asdict(model.config)}: use another out_dir, or resume=False to start over")
+        _check_resumable(ckpt_path, meta, tensors, model, cfg, loader)
         model.load_state(_params(tensors))
         opt.load_state({"t": meta["adamw_t"], "m": tensors["adamw.m"], "v": tensors["adamw.v"]})
         loader.load_state(meta["loader"])
@@ -237,6 +322,13 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
             with open(log_path, "a") as f:
                 f.write(json.dumps({k: v for k, v in record.items() if k != "sample"}) + "\n")
             if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or last):
+                # a checkpoint is kept only if its weights still give a finite loss ("the last good one")
+                after = record["val_loss"] if record["val_loss"] is not None else evaluate(model, val_tokens, cfg, 1)
+                if not math.isfinite(after):
+                    good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was written"
+                    raise TrainingError(f"after step {step} the weights give a loss of {after}: training diverged. "
+                                        f"Stopped without saving; {good}. Lower the learning rate (now {opt.lr:.3g}) or "
+                                        f"raise warmup_steps, and resume.")
                 save_checkpoint(ckpt_path, model, opt, loader, step + 1, cfg)
             records.append(record)
             if bar is not None:
@@ -266,14 +358,35 @@ def _params(tensors: dict) -> dict:
 
 
 def _truncate_log(log_path: Path, step: int):
-    """Keep the log lines of the steps before `step` (a resumed run rewrites what came after)."""
+    """Keep the log lines of the steps before `step` (a resumed run rewrites what came after); a torn
+    last line (the disk filled up while it was appended) is dropped, and said so."""
     if log_path.exists():
-        lines = [l for l in log_path.read_text().splitlines() if l and json.loads(l)["step"] < step]
+        records = read_log(log_path, repair=True)
+        lines = [json.dumps(r) for r in records if r["step"] < step]
         atomic_write(log_path, lambda p: p.write_text("".join(l + "\n" for l in lines)))
 
 
-def read_log(path) -> list[dict]:
-    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+def read_log(path, repair: bool = False) -> list[dict]:
+    """The records of a run's log.jsonl. A line that is not JSON is a TrainingError naming the file and
+    the line, except (repair=True) an incomplete last line, which is left out with a message."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not a step record")
+        except ValueError as e:
+            if repair and n == len(lines):
+                print(f"{path}: dropped an incomplete last line (a write that was cut short): {line[:60]!r}")
+                break
+            raise TrainingError(f"{path}, line {n}: not a log record ({e}): {line[:80]!r}. Remove the line, or start "
+                                f"the run over with --no-resume") from None
+        records.append(record)
+    return records
 
 
 # ------------------------------------------------------------------------------------------------

@@ -298,3 +298,29 @@ def test_a_fresh_process_reuses_the_compiled_module(tmp_path):
     second = float(subprocess.run([sys.executable, "-c", env_code], env=env, capture_output=True, text=True,
                                   check=True, cwd=REPO_ROOT).stdout)
     assert second < first / 3, (first, second)
+
+
+def test_python_reads_the_abi_header_as_the_compiler_does(tmp_path):
+    """runtime/abi.h is the one definition of what modules, the launcher and Python share: every field's
+    offset and every constant as Python parsed them must be what the C++ compiler computes."""
+    import ctypes
+    import subprocess
+    from helpers.cpu_backend import abi
+    lines = ['#include "abi.h"', "#include <cstddef>", "#include <cstdio>", "using namespace gpt2cpu;", "int main() {"]
+    expected = []
+    for name, struct in abi.STRUCTS.items():
+        lines.append(f'printf("{name} %zu\\n", sizeof({name}));')
+        expected.append(f"{name} {ctypes.sizeof(struct)}")
+        for field, _ in struct._fields_:
+            lines.append(f'printf("{name}.{field} %zu\\n", offsetof({name}, {field}));')
+            expected.append(f"{name}.{field} {getattr(struct, field).offset}")
+    for name, value in abi.CONSTANTS.items():
+        lines.append(f'printf("{name} %lld\\n", (long long){name});')
+        expected.append(f"{name} {value}")
+    lines.append("}")
+    (tmp_path / "abi.cpp").write_text("\n".join(lines))
+    exe = tmp_path / "abi"
+    subprocess.run([cpu_backend.find_compiler(), "-std=c++17", f"-I{abi.HEADER.parent}", str(tmp_path / "abi.cpp"),
+                    "-o", str(exe)], check=True)
+    got = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")[:-1]
+    assert got == expected

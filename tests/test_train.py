@@ -65,8 +65,11 @@ def test_resume_is_bit_identical(tmp_path, tokens, backend):
 
 
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tokens, monkeypatch):
-    cfg = tiny(tmp_path, steps=4, checkpoint_every=2)
-    train.train(cfg, tokens=tokens, progress=False)
+    def halt(record, model):
+        if record["step"] == 4:
+            raise Interrupt
+    with pytest.raises(Interrupt):  # a run of 6 steps stopped after its checkpoint at step 4
+        train.train(tiny(tmp_path, steps=6, checkpoint_every=2), on_step=halt, tokens=tokens, progress=False)
     path = tmp_path / "run" / "checkpoint.safetensors"
     before = path.read_bytes()
 
@@ -93,8 +96,8 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, to
     def poisoned(self, idx, targets=None):
         logits, loss = real_forward(self, idx, targets)
         if targets is not None:
-            calls["n"] += 1
-            if calls["n"] == 4:
+            calls["n"] += 1  # steps 0 and 1, the check of step 2's checkpoint, steps 2 and 3
+            if calls["n"] == 5:
                 loss = float("nan")
         return logits, loss
     monkeypatch.setattr(train.GPT2, "forward", poisoned)
@@ -115,8 +118,8 @@ def test_gradient_accumulation_averages(tmp_path, tokens):
 
 def test_resume_refuses_a_different_model(tmp_path, tokens):
     train.train(tiny(tmp_path, steps=2, checkpoint_every=2), tokens=tokens, progress=False)
-    with pytest.raises(train.TrainingError, match="holds a model .* but this run builds"):
-        train.train(tiny(tmp_path, steps=4, n_embd=64), tokens=tokens, progress=False)
+    with pytest.raises(train.TrainingError, match=r"other settings \(n_embd: 32 in the checkpoint, 64 now"):
+        train.train(tiny(tmp_path, steps=2, n_embd=64), tokens=tokens, progress=False)
 
 
 def test_trains_from_llmc_token_files(tmp_path, tokens):

@@ -55,4 +55,6 @@ LaunchConfig = STRUCTS["LaunchConfig"]
 Window = STRUCTS["Window"]
 GlobalSlot = STRUCTS["GlobalSlot"]
 ArgSlot = STRUCTS["ArgSlot"]
+LauncherRequest = STRUCTS["LauncherRequest"]
+LauncherReply = STRUCTS["LauncherReply"]
 globals().update({k: v for k, v in CONSTANTS.items()})

@@ -37,19 +37,11 @@
 
 namespace {
 
-constexpr uint32_t kMagic = 0x67707432;  // "gpt2"
+using gpt2cpu::LauncherReply;
+using gpt2cpu::LauncherRequest;
+using gpt2cpu::REPLY_PID;
+using gpt2cpu::REPLY_STATUS;
 constexpr size_t kRegion = size_t(1) << gpt2cpu::kRegionShift;
-
-struct Request {
-    uint32_t magic, quit;
-    uint64_t seq;               // echoed in both replies
-    char library[1024];
-    gpt2cpu::LaunchConfig cfg;  // its pool and arena_fd are filled in here
-    uint64_t pool_regions;      // >0: run on the launcher's unguarded stack pool of this many regions
-};
-
-enum ReplyKind : int32_t { REPLY_PID = 1, REPLY_STATUS = 2 };
-struct Reply { uint64_t seq; int32_t kind, pad; int64_t value; };
 
 bool read_all(int fd, void* p, size_t n) {
     char* c = (char*)p;
@@ -85,7 +77,7 @@ void on_sigchld(int) {
 }
 
 bool reply(int sock, uint64_t seq, int32_t kind, int64_t value) {
-    Reply r{seq, kind, 0, value};
+    LauncherReply r{seq, kind, 0, value};
     return write_all(sock, &r, sizeof r);
 }
 
@@ -137,9 +129,9 @@ int main(int argc, char** argv) {
     std::map<std::string, LaunchFn> modules;
     char* pool = nullptr;
     size_t pool_regions = 0;
-    static Request req;
+    static LauncherRequest req;
     while (read_all(sock, &req, sizeof req)) {
-        if (req.magic != kMagic || req.quit) break;
+        if (req.magic != (uint32_t)gpt2cpu::kLauncherMagic || req.quit) break;
         std::string lib(req.library, strnlen(req.library, sizeof req.library));
         LaunchFn launch = modules[lib];
         if (!launch) {

@@ -15,23 +15,13 @@ from pathlib import Path
 
 from ..errors import CompileError, KernelError
 from . import cache
-from .abi import LaunchConfig
+from . import abi
 
 SOURCE = Path(__file__).with_name("launcher.cpp")
 ABI = Path(__file__).with_name("runtime") / "abi.h"
-MAGIC = 0x67707432
-
-
-class Request(ctypes.Structure):
-    _fields_ = [("magic", ctypes.c_uint32), ("quit", ctypes.c_uint32), ("seq", ctypes.c_uint64),
-                ("library", ctypes.c_char * 1024), ("cfg", LaunchConfig), ("pool_regions", ctypes.c_uint64)]
-
-
-class Reply(ctypes.Structure):
-    _fields_ = [("seq", ctypes.c_uint64), ("kind", ctypes.c_int32), ("pad", ctypes.c_int32), ("value", ctypes.c_int64)]
-
-
-REPLY_PID, REPLY_STATUS = 1, 2
+MAGIC = abi.kLauncherMagic
+Request, Reply = abi.LauncherRequest, abi.LauncherReply
+REPLY_PID, REPLY_STATUS = abi.REPLY_PID, abi.REPLY_STATUS
 
 
 class LauncherLost(KernelError):

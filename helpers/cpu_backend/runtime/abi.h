@@ -106,6 +106,26 @@ struct LaunchConfig {
     int32_t pad;
 };
 
+// The launcher's protocol (launcher.cpp): a request per launch, two replies (the child's pid, then
+// its wait status), each carrying the request's sequence number.
+constexpr int64_t kLauncherMagic = 1735423026;   // "gpt2" (0x67707432)
+constexpr int32_t kLibraryPathBytes = 1024;
+enum ReplyKind : int32_t { REPLY_PID = 1, REPLY_STATUS = 2 };
+struct LauncherRequest {
+    uint32_t magic;
+    uint32_t quit;
+    uint64_t seq;
+    char library[kLibraryPathBytes];
+    LaunchConfig cfg;        // its pool and arena_fd are filled in by the launcher
+    uint64_t pool_regions;   // >0: run on the launcher's unguarded stack pool of this many regions
+};
+struct LauncherReply {
+    uint64_t seq;
+    int32_t kind;            // ReplyKind
+    int32_t pad;
+    int64_t value;           // the pid (or -errno), or the wait status
+};
+
 // The arena's header: the report, the windows, globals and arguments tables, the printf records;
 // array data follows, from kHeaderBytes on.
 constexpr int64_t kWindowsOffset = 4096;
