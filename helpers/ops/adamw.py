@@ -124,13 +124,14 @@ def adamw(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, grad_scale=
         raise ValueError(f"adamw kernels index with int: at most {INT_MAX} parameters per launch, got {n}")
     if n == 0:
         return
+    if version == 2:  # (before anything is compiled: a misaligned view is the caller's to fix)
+        for name, a in (("param", param), ("grad", grad), ("m", m), ("v", v)):
+            _check_float4("adamw2", name, a, n)
     mod = device.load_module("adamw.cu")
     if version == 1:
         mod.get_function("adamw1")((ceil_div(n, ADAMW_BLOCK),), (ADAMW_BLOCK,),
                                    (param, grad, m, v, n, int(t), lr, beta1, beta2, eps, weight_decay, grad_scale))
     else:
-        for name, a in (("param", param), ("grad", grad), ("m", m), ("v", v)):
-            _check_float4("adamw2", name, a, n)
         beta1_correction, beta2_correction = bias_corrections(beta1, beta2, t)
         mod.get_function("adamw2")((ceil_div(n // 4, ADAMW_BLOCK),), (ADAMW_BLOCK,),
                                    (param, grad, m, v, n, lr, beta1, beta2, beta1_correction, beta2_correction,
@@ -155,6 +156,10 @@ def global_norm_squared(grads, version=2) -> float:
             tensors.append((k, g.reshape(-1)))
     if not tensors:
         return 0.0
+    if version == 2:
+        for k, g in tensors:
+            _check_float4("global_norm2", f"tensor {k}" if isinstance(grads, (list, tuple)) else "the array",
+                          g, int(g.size))
     mod = device.load_module("global_norm.cu")
     out = device.zeros(1)
     if version == 0:
@@ -171,9 +176,6 @@ def global_norm_squared(grads, version=2) -> float:
             kernel((b,), (NORM_BLOCK,), (g, partials[offset:offset + b], int(g.size)))
             offset += b
     else:
-        for k, g in tensors:
-            _check_float4("global_norm2", f"tensor {k}" if isinstance(grads, (list, tuple)) else "the array",
-                          g, int(g.size))
         kernel = mod.get_function("global_norm2")
         partials = device.zeros(NORM2_MAX_BLOCKS)  # every launch adds into it
         for _, g in tensors:
