@@ -77,6 +77,11 @@ _ARRAY_TYPES = _CUPY_ARRAY if name == "cupy" else (np.ndarray,)
 _FOREIGN = (np.ndarray,) if name == "cupy" else _CUPY_ARRAY
 
 
+def array_types() -> tuple:
+    """The array classes kernels of the active backend take (numpy.ndarray, or cupy.ndarray)."""
+    return _ARRAY_TYPES
+
+
 def asarray(a, dtype=None):
     """An array on the active device (contiguous)."""
     if name == "cupy":
@@ -170,6 +175,12 @@ class Module:
             self._raw = cupy.RawModule(code=code, options=("-std=c++17", f"-I{path.parent}",
                                                            f"-I{cuda_source.CUDA_DIR}", *self.options),
                                        name_expressions=self.name_expressions or None)
+            # CuPy compiles lazily, at the first launch, with its own exception: compile now, as the CPU
+            # backend does, so that a kernel that does not compile fails here with NVRTC's messages
+            try:
+                self._raw.compile()
+            except cupy.cuda.compiler.CompileException as e:
+                raise CompileError(f"{path.name} does not compile with NVRTC (CuPy):\n{e.get_message()}") from None
         else:
             compiled = cpu_backend.compile_module(path, self.options, self.name_expressions)
             self._library = cpu_backend.Library(compiled)
@@ -233,6 +244,47 @@ RACECHECK_SCHEDULES = ((cpu_backend.FORWARD, 0), (cpu_backend.REVERSE, 0), (cpu_
                        (cpu_backend.RANDOM, 2), (cpu_backend.REVERSE | cpu_backend.DEPTH_FIRST, 0))
 
 
+def _host_images(args) -> list:
+    """Host copies of the array arguments that keep their aliasing: arrays that share memory (the same
+    array passed twice to an in-place kernel, or x and x[1:]) become views of one copy of that memory.
+    CuPy arrays are copied from the GPU, NumPy arrays copied; other arguments pass through."""
+    spans = []
+    for i, a in enumerate(args):
+        if isinstance(a, np.ndarray) or (_CUPY_ARRAY and isinstance(a, _CUPY_ARRAY)):
+            start = _address(a)
+            spans.append((start, start + a.nbytes, i))
+    spans.sort()
+    out = list(args)
+    group: list = []
+
+    def flush():
+        if not group:
+            return
+        lo, hi = group[0][0], max(end for _, end, _ in group)
+        first = args[group[0][2]]
+        if _CUPY_ARRAY and isinstance(first, _CUPY_ARRAY):
+            raw = xp.ndarray((hi - lo,), np.uint8, memptr=first.data + (lo - first.data.ptr)).get()
+        else:
+            raw = np.frombuffer(ctypes.string_at(lo, hi - lo), np.uint8).copy()
+        for start, _, i in group:
+            a = args[i]
+            out[i] = np.ndarray(a.shape, a.dtype, buffer=raw, offset=start - lo, strides=a.strides)
+        group.clear()
+
+    for span in spans:
+        if group and span[0] >= max(end for _, end, _ in group):
+            flush()
+        group.append(span)
+    flush()
+    return out
+
+
+def _address(a) -> int:
+    if _CUPY_ARRAY and isinstance(a, _CUPY_ARRAY):
+        return int(a.data.ptr)
+    return int(a.__array_interface__["data"][0])
+
+
 def racecheck(fn: Function, grid, block, args, shared_mem=0, *, atol=0.0, rtol=0.0) -> None:
     """Run a launch with its threads and its blocks in several orders and require the same outputs,
     and find places two blocks write.
@@ -254,19 +306,14 @@ def racecheck(fn: Function, grid, block, args, shared_mem=0, *, atol=0.0, rtol=0
         fn.module.path, fn.module.options, fn.module.name_expressions, backend="cpu")
     cpu_fn = cpu_module.get_function(fn.name)
     grid3, block3, smem = check_config(fn.kernel, grid, block, shared_mem)
-    host_args = [asnumpy(a) if (isinstance(a, np.ndarray) or (_CUPY_ARRAY and isinstance(a, _CUPY_ARRAY))) else a
-                 for a in args]
-    host_args = convert_args(fn.kernel, host_args, "cpu", (np.ndarray,), _CUPY_ARRAY)
+    host_args = convert_args(fn.kernel, _host_images(args), "cpu", (np.ndarray,), _CUPY_ARRAY)
     library = cpu_module._library
     saved_globals = [ctypes.string_at(address, nbytes) for address, nbytes in library.globals]
     results = []
     first_seconds = None
     try:
         for k, (schedule, seed) in enumerate(RACECHECK_SCHEDULES):
-            # copies that keep aliasing: an array passed twice (an in-place kernel) is copied once
-            same = {}
-            copies = [same.setdefault((a.__array_interface__["data"][0], a.shape, a.dtype.str), a.copy())
-                      if isinstance(a, np.ndarray) else a for a in host_args]
+            copies = _host_images(host_args)   # fresh copies for each order, aliasing kept
             for (address, nbytes), data in zip(library.globals, saved_globals):
                 ctypes.memmove(address, data, nbytes)
             timeout = None if first_seconds is None else max(5.0, 20 * first_seconds)

@@ -31,9 +31,12 @@ def test_auto_picks_cpu_without_a_gpu():
     assert proc.returncode == 0 and proc.stdout.strip() == expected
 
 
-def test_asking_for_cupy_without_a_gpu_says_why():
+def test_asking_for_cupy_without_a_gpu_says_why(monkeypatch):
     if device._cupy_problem() is None:
-        pytest.skip("this machine has a usable GPU")  # never the case in CI
+        import cupy
+        if not getattr(cupy, "__standin__", False):
+            pytest.skip("this machine has a usable GPU")  # never the case in CI
+        monkeypatch.setenv("GPT2_STANDIN_DEVICES", "0")  # the CuPy stand-in, as on a machine without a GPU
     proc = backend_in_subprocess("cupy")
     assert proc.returncode != 0
     assert "DeviceUnavailableError: GPT2_DEVICE=cupy was asked for, but CuPy" in proc.stderr
@@ -142,3 +145,23 @@ def test_no_kernel_uses_what_nvrtc_lacks():
         text = strip_comments(cu.read_text())
         for banned in ("cuda_runtime.h", "M_PI", "INFINITY", "#include <"):
             assert banned not in text, f"{cu.name} uses {banned}, which NVRTC does not provide"
+
+
+def test_racecheck_copies_keep_aliasing_on_both_backends():
+    """An in-place kernel given (buf, buf), or x and x[1:], must see one memory under racecheck too."""
+    buf = device.asarray(np.arange(12, dtype=np.float32))
+    other = device.zeros(3)
+    images = device._host_images([buf, buf, buf[1:], other, 7])
+    a, b, c, d, scalar = images
+    assert all(isinstance(x, np.ndarray) for x in (a, b, c, d)) and scalar == 7
+    assert np.shares_memory(a, b) and np.shares_memory(a, c) and not np.shares_memory(a, d)
+    a[1] = -1.0
+    assert b[1] == -1.0 and c[0] == -1.0, "views of one copy"
+    assert device.asnumpy(buf)[1] == 1.0, "and copies: the caller's array is untouched"
+
+
+def test_a_kernel_that_does_not_compile_fails_at_load_on_both_backends(tmp_path):
+    src = tmp_path / "broken.cu"
+    src.write_text('extern "C" __global__ void k(float* x) { x[threadIdx.x] = undeclared_thing; }\n')
+    with pytest.raises(device.CompileError, match=r"(?s)broken\.cu does not compile.*undeclared_thing"):
+        device.load_module(src)   # the active backend: the GPU path compiles with NVRTC at once too

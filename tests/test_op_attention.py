@@ -75,12 +75,13 @@ def test_every_kernel_passes_racecheck_with_odd_block_sizes(version, B, T, C, NH
     """Every kernel gives the same bits whatever order its threads run in: no atomics, so exactly."""
     qkv, dout, dqkv0 = data(B, T, C, seed=1)
     out_ref, att_ref, lse_ref, dqkv_ref = reference(qkv, dout, dqkv0, NH)
+    qkv, dout = device.asarray(qkv), device.asarray(dout)
     out = device.empty((B, T, C))
     aux = aux_buffers(version, B, T, NH)
     bs = BLOCK_SIZES[version]
     run_checked(A.forward_launches(out, qkv, NH, version, block_size=bs, **aux))
     check(f"v{version} out, block {bs}", out, out_ref, ATOL, RTOL)
-    dqkv = dqkv0.copy()
+    dqkv = device.asarray(dqkv0)
     run_checked(A.backward_launches(dqkv, dout, qkv, out, NH, version, block_size=bs, **aux))
     check(f"v{version} dqkv, block {bs}", dqkv, dqkv_ref, ATOL, RTOL)
 
@@ -89,10 +90,11 @@ def test_backward2_and_3_read_the_lse_of_either_fused_forward():
     B, T, C, NH = 2, 23, 64, 1
     qkv, dout, dqkv0 = data(B, T, C, seed=2)
     _, _, _, dqkv_ref = reference(qkv, dout, dqkv0, NH)
+    qkv, dout = device.asarray(qkv), device.asarray(dout)
     for fwd, bwd in [(2, 3), (3, 2)]:
         out, lse = device.empty((B, T, C)), device.empty((B, NH, T))
         A.forward(out, qkv, NH, version=fwd, lse=lse)
-        dqkv = dqkv0.copy()
+        dqkv = device.asarray(dqkv0.copy())
         A.backward(dqkv, dout, qkv, out, NH, version=bwd, lse=lse)
         check(f"forward {fwd}, backward {bwd}", dqkv, dqkv_ref, ATOL, RTOL)
 
@@ -104,11 +106,12 @@ def test_large_scores_do_not_overflow():
     qkv *= 6.0  # scores ~ 36 * N(0, 1) * sqrt(64) / 8: up to ~150, exp(150) overflows float32
     out_ref, att_ref, lse_ref, dqkv_ref = reference(qkv, dout, dqkv0, NH)
     assert lse_ref.max() > 89, "the test needs scores beyond float32's exp range"
+    qkv, dout = device.asarray(qkv), device.asarray(dout)
     for version in sorted(A.VERSIONS):
         out, aux = device.empty((B, T, C)), aux_buffers(version, B, T, NH)
         A.forward(out, qkv, NH, version=version, **aux)
         check(f"v{version} out, large scores", out, out_ref, 1e-4, RTOL)  # |v| ~ 6: the same relative error
-        dqkv = dqkv0.copy()
+        dqkv = device.asarray(dqkv0.copy())
         A.backward(dqkv, dout, qkv, out, NH, version=version, **aux)
         # near-one-hot rows: ds = p (dp - D) cancels, and p carries float32 rounding of scores ~ 1e2
         check(f"v{version} dqkv, large scores", dqkv, dqkv_ref, 1e-3, 1e-3)

@@ -24,7 +24,7 @@ def randn(rng, *shape):
 
 
 def f64(a):
-    return np.asarray(a, dtype=np.float64)
+    return device.asnumpy(a).astype(np.float64)
 
 
 @pytest.fixture

@@ -226,10 +226,11 @@ def test_forward3_refuses_c_not_a_multiple_of_4():
 
 def test_forward3_refuses_a_misaligned_array():
     x, weight, bias, _ = inputs((2, 8))
-    storage = np.zeros(x.size + 1, np.float32)
+    storage = device.zeros(x.size + 1)
     shifted = storage[1:].reshape(x.shape)   # contiguous, but 4 bytes past a 16-byte boundary
-    shifted[...] = x
-    with pytest.raises(ValueError, match=r"16-byte boundary"):
+    shifted[...] = device.asarray(x)
+    weight, bias = device.asarray(weight), device.asarray(bias)
+    with pytest.raises(ValueError, match=r"layernorm_forward3 loads float4: `x` must start at a 16-byte aligned address, but it starts 4 bytes"):
         ln.forward(device.empty(x.shape), device.empty(2), device.empty(2), shifted, weight, bias, version=3)
 
 
@@ -247,11 +248,11 @@ def test_warp_level_versions_refuse_partial_warps(call):
 
 def test_backward2_refuses_c_beyond_shared_memory():
     C = ln.BACKWARD2_MAX_C + 1
-    x = np.zeros((1, C), np.float32)
-    vec, row = np.zeros(C, np.float32), np.zeros(1, np.float32)
+    x = device.zeros((1, C))
+    vec, row = device.zeros(C), device.zeros(1)
     with pytest.raises(ValueError, match=rf"C must be at most {ln.BACKWARD2_MAX_C}, got C={C}"):
-        ln.backward(np.zeros_like(x), vec, vec.copy(), x, x, vec, row, row, version=2)
-    ln.backward(np.zeros_like(x), vec, vec.copy(), x, x, vec, row, row, version=1)   # version 1 takes any C
+        ln.backward(device.zeros((1, C)), vec, vec.copy(), x, x, vec, row, row, version=2)
+    ln.backward(device.zeros((1, C)), vec, vec.copy(), x, x, vec, row, row, version=1)   # version 1 takes any C
 
 
 def test_wrong_shapes_and_versions_are_refused():

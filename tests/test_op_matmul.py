@@ -64,7 +64,7 @@ def test_forward_takes_batched_x(version):
     x, weight, bias, _ = data(B * T, C, OC, seed=1)
     x = x.reshape(B, T, C)
     out = device.empty((B, T, OC))
-    mm.forward(out, x, weight, bias, version=version)
+    mm.forward(out, *map(device.asarray, (x, weight, bias)), version=version)
     helpers.check(f"matmul_forward{version} (B, T, C)", out, mm.matmul_forward(*f64(x, weight, bias)),
                   atol=mm.forward_atol(x, weight, bias), rtol=0)
 
@@ -104,10 +104,10 @@ def test_sums_of_small_integers_are_exact():
     mm.matmul_backward(ref_dx, ref_dw, ref_db, *f64(dout, x, weight))
     for version in mm.VERSIONS:
         out = device.empty((N, OC))
-        mm.forward(out, x, weight, bias, version=version)
+        mm.forward(out, *map(device.asarray, (x, weight, bias)), version=version)
         assert np.array_equal(device.asnumpy(out), ref), f"forward{version} is not exact on integers"
         dx, dw, db = device.zeros((N, C)), device.zeros((OC, C)), device.zeros(OC)
-        mm.backward(dx, dw, db, dout, x, weight, version=version)
+        mm.backward(dx, dw, db, *map(device.asarray, (dout, x, weight)), version=version)
         for name, got, want in (("dx", dx, ref_dx), ("dweight", dw, ref_dw), ("dbias", db, ref_db)):
             assert np.array_equal(device.asnumpy(got), want), f"backward{version} {name} is not exact on integers"
 
@@ -206,12 +206,13 @@ def test_version3_needs_OC_multiple_of_4():
 
 def test_version3_needs_16_byte_alignment():
     x, weight, bias, _ = data(11, 48, 8)
-    x_shifted = np.empty(11 * 48 + 1, np.float32)[1:].reshape(11, 48)  # starts 4 bytes past an aligned address
-    x_shifted[...] = x
+    x_shifted = device.empty(11 * 48 + 1)[1:].reshape(11, 48)  # starts 4 bytes past an aligned address
+    x_shifted[...] = device.asarray(x)
+    weight_d, bias_d = device.asarray(weight), device.asarray(bias)
     with pytest.raises(ValueError, match=r"matmul_forward3 loads float4: `x` must start at a 16-byte aligned address"):
-        mm.forward(device.empty((11, 8)), x_shifted, weight, bias, version=3)
+        mm.forward(device.empty((11, 8)), x_shifted, weight_d, bias_d, version=3)
     out = device.empty((11, 8))
-    mm.forward(out, x_shifted, weight, bias, version=2)  # versions 1 and 2 do not care
+    mm.forward(out, x_shifted, weight_d, bias_d, version=2)  # versions 1 and 2 do not care
     helpers.check("matmul_forward2, shifted x", out, mm.matmul_forward(*f64(x, weight, bias)),
                   atol=mm.forward_atol(x, weight, bias), rtol=0)
 
@@ -244,7 +245,8 @@ def test_unknown_version_is_refused():
 def test_a_float64_array_is_refused_by_the_launch_check():
     x, weight, bias, _ = data(6, 8, 12)
     with pytest.raises(device.LaunchError, match="`x`"):
-        mm.forward(device.empty((6, 12)), x.astype(np.float64), weight, bias, version=2)
+        mm.forward(device.empty((6, 12)), device.asarray(x.astype(np.float64)), device.asarray(weight),
+                   device.asarray(bias), version=2)
 
 
 def test_exercise_solution_2x2():
@@ -255,7 +257,7 @@ def test_exercise_solution_2x2():
         x, weight, bias, _ = data(N, C, OC)
         out = device.empty((N, OC))
         grid = (helpers.ceil_div(OC, 32), helpers.ceil_div(N, 32))
-        fn(grid, (16, 16), (out, x, weight, bias, N, C, OC, 1))
+        fn(grid, (16, 16), (out, *map(device.asarray, (x, weight, bias)), N, C, OC, 1))
         helpers.check(f"matmul_forward_2x2 {N}x{C}x{OC}", out, mm.matmul_forward(*f64(x, weight, bias)),
                       atol=mm.forward_atol(x, weight, bias), rtol=0)
     device.racecheck(fn, grid, (16, 16), (device.empty((N, OC)), x, weight, bias, N, C, OC, 1))

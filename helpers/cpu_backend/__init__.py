@@ -606,8 +606,8 @@ def _describe_failure(library, kernel, report: Report, status: int, groups, shar
                     f"has; on a GPU they would spill to slow local memory or overflow its stack")
         if report.fault_kind == abi.FAULT_GENERAL_PROTECTION:
             return (f"{head}: illegal memory access{where}{at}: an address outside the address space (an index "
-                    f"far beyond any argument, or a wildly wrong pointer), or a misaligned access of a type declared "
-                    f"__align__(n)")
+                    f"far beyond any argument, or a wildly wrong pointer; for a type declared __align__(n), also an "
+                    f"address that is not a multiple of n)")
         return f"{head}: {_classify_address(report, groups)}{where}{at}"
     if os.WIFSIGNALED(status):
         return f"{head}: the launch process was killed by signal {os.WTERMSIG(status)} (out of memory?)"

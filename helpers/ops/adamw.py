@@ -26,6 +26,7 @@ import numbers
 import numpy as np
 
 from .. import ceil_div, device
+from . import checks
 
 VERSIONS = {
     1: "adamw1: one thread per parameter, bias corrections 1 - beta^t with powf in every thread",
@@ -103,10 +104,7 @@ def _check_float4(kernel, what, a, size):
     if size % 4:
         raise ValueError(f"{kernel} loads float4: {what} must have a multiple of 4 elements, got {size} "
                          f"(pad it, or use version=1)")
-    if device.name == "cupy" and a.data.ptr % 16:
-        raise ValueError(f"{kernel} loads float4: {what} must start at a 16-byte aligned address, but it starts "
-                         f"{a.data.ptr % 16} bytes past one (a view at an offset that is not a multiple of 4 "
-                         f"elements?); use version=1")
+    checks.check_float4(kernel, "version=1", **{what: a})
 
 
 def adamw(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, grad_scale=1.0, version=2):

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import ceil_div, device
+from . import checks
 from . import check_array
 
 #: Kernel versions in cuda/classifier.cu.
@@ -227,11 +228,7 @@ def fused_classifier_launch(losses, dlogits, logits, targets, V, dloss, version=
         if Vp % 4:
             raise ValueError(f"{fname} loads float4: Vp (the last dimension of the logits) must be a multiple of 4, "
                              f"got Vp={Vp} (pad the vocabulary, as llm.c's Vp=50304, or use version 2)")
-        if device.name == "cupy":  # the CPU backend copies every array to a 16-byte aligned buffer
-            for name, a in (("logits", logits), ("dlogits", dlogits)):
-                if a.data.ptr % 16:
-                    raise ValueError(f"{fname} loads float4: `{name}` must start on a 16-byte boundary (a view at an "
-                                     f"odd offset? pass a fresh array), got address {a.data.ptr:#x}")
+        checks.check_float4(fname, "version 2", logits=logits, dlogits=dlogits)
     N = B * T
     if N == 0:
         raise ValueError(f"{fname}: no rows (B*T = 0): there is nothing to launch")

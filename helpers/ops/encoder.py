@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ceil_div, device
+from . import checks
 from . import check_array
 
 #: Kernel versions in cuda/encoder.cu (forward and backward share the numbers).
@@ -96,11 +97,7 @@ def _check_float4(kname, C, arrays):
     """float4 loads need 16-byte aligned rows: C % 4 == 0 and arrays that start on 16 bytes."""
     if C % 4 != 0:
         raise ValueError(f"{kname} loads float4: C must be a multiple of 4, got C={C} (use version 1)")
-    if device.name == "cupy":  # the CPU backend copies every array to a 16-byte aligned buffer
-        for argname, a in arrays.items():
-            if a.data.ptr % 16:
-                raise ValueError(f"{kname} loads float4: `{argname}` must start on a 16-byte boundary "
-                                 f"(a view at an odd offset? pass a fresh array), got address {a.data.ptr:#x}")
+    checks.check_float4(kname, "version 1", **arrays)
 
 
 def forward(out, idx, wte, wpe, version=2):

@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from .. import ceil_div, device
+from . import checks
 
 GELU_SCALING_FACTOR = math.sqrt(2.0 / math.pi)  # 0.7978845608028654; a literal in gelu.cu (NVRTC has no M_PI)
 GELU_CUBIC = 0.044715
@@ -85,10 +86,6 @@ def _function(op: str, kernel: str):
     return device.load_module(_KERNEL_FILES[op]).get_function(kernel)
 
 
-def _address(a) -> int:
-    return a.data.ptr if device.name == "cupy" and not isinstance(a, np.ndarray) else a.__array_interface__["data"][0]
-
-
 def _check_version(version):
     if version not in VERSIONS:
         raise ValueError(f"unknown version {version!r}: the versions are {sorted(VERSIONS)} ({VERSIONS})")
@@ -107,11 +104,7 @@ def _check_float4(kernel: str, arrays: dict):
     if n % 4:
         raise ValueError(f"{kernel} loads float4: the number of elements must be a multiple of 4, got n={n} "
                          f"(n % 4 = {n % 4}); use version 1, which takes any n")
-    for name, a in arrays.items():
-        if _address(a) % 16:
-            raise ValueError(f"{kernel} loads float4: `{name}` must start at a 16-byte aligned address, but it starts "
-                             f"{_address(a) % 16} bytes past one (a view such as x[1:]?); pass a fresh array "
-                             f"(device.asarray(x.copy())) or use version 1")
+    checks.check_float4(kernel, "version 1", **arrays)
 
 
 def _launch(op: str, kernel_base: str, version: int, arrays: dict, block_size: int):

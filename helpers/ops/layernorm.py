@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ceil_div, device
+from . import checks
 
 EPS = 1e-5
 
@@ -113,10 +114,6 @@ def _check_block(block_size, kernel, warp_level):
                          f"got {block_size}")
 
 
-def _address(a) -> int:
-    return int(a.data.ptr) if device.name == "cupy" else int(a.ctypes.data)
-
-
 def forward(out, mean, rstd, x, weight, bias, version=3, *, eps=EPS, block_size=None) -> None:
     """Layernorm of x (..., C) into out, saving mean and rstd (x.shape[:-1]), with kernel `version`.
 
@@ -144,10 +141,7 @@ def forward(out, mean, rstd, x, weight, bias, version=3, *, eps=EPS, block_size=
         if C % 4:
             raise ValueError(f"{what} loads float4: C must be a multiple of 4, got C={C} "
                              f"(use version 1 or 2, which take any C)")
-        for name, a in (("out", out), ("x", x), ("weight", weight), ("bias", bias)):
-            if _address(a) % 16:
-                raise ValueError(f"{what} loads float4: `{name}` must start on a 16-byte boundary, but its "
-                                 f"address is {_address(a)} (a slice of a larger array?); pass a fresh array")
+        checks.check_float4(what, "version 1 or 2", out=out, x=x, weight=weight, bias=bias)
         _kernel(what)((N,), (block_size,), args)
     else:
         raise ValueError(f"layernorm forward: no version {version!r}; the versions are {sorted(VERSIONS)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ceil_div, device
+from . import checks
 
 VERSIONS = {
     1: "naive: one thread per output element, loops over the inner dimension in global memory",
@@ -89,13 +90,6 @@ def module():
     return device.load_module("matmul.cu")
 
 
-def _address(a) -> int:
-    """Where an array's data starts (NumPy or CuPy)."""
-    if hasattr(a, "__cuda_array_interface__"):
-        return a.__cuda_array_interface__["data"][0]
-    return a.__array_interface__["data"][0]
-
-
 def _check_version(version, name):
     if version not in VERSIONS:
         raise ValueError(f"matmul {name}: version must be one of {sorted(VERSIONS)}, got {version!r}")
@@ -109,11 +103,7 @@ def _check_float4(kernel: str, C: int, OC: int, arrays: dict) -> None:
     if OC % 4:
         raise ValueError(f"{kernel} loads and stores float4 along OC: OC must be a multiple of 4, got OC={OC} "
                          f"(use version 1 or 2 for this shape)")
-    for name, a in arrays.items():
-        if a is not None and _address(a) % 16:
-            raise ValueError(f"{kernel} loads float4: `{name}` must start at a 16-byte aligned address, but it "
-                             f"starts {_address(a) % 16} bytes past one (a slice such as x[1:]?); pass a fresh "
-                             f"array (device.asarray(a.copy()))")
+    checks.check_float4(kernel, "version 1 or 2", **arrays)
 
 
 def _check_int_indices(name: str, **sizes) -> None:
