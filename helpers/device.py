@@ -28,7 +28,7 @@ from .errors import CompileError, DeviceUnavailableError, KernelError, LaunchErr
 from .launch_checks import check_config, convert_args
 
 __all__ = ["name", "xp", "asarray", "asnumpy", "empty", "zeros", "synchronize", "load_module", "racecheck",
-           "set_timeout", "time_kernel", "KernelError", "LaunchError", "RaceError", "CompileError",
+           "set_timeout", "time_kernel", "memory_info", "peak_memory", "fit_batch", "KernelError", "LaunchError", "RaceError", "CompileError",
            "DeviceUnavailableError"]
 
 
@@ -116,6 +116,71 @@ def synchronize() -> None:
     """Wait for the GPU to finish queued work (CPU-backend launches are synchronous)."""
     if name == "cupy":
         xp.cuda.get_current_stream().synchronize()
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory: what the device has, and the most a notebook used
+# ------------------------------------------------------------------------------------------------
+_peak = {"bytes": 0, "current": 0, "installed": False}
+
+
+def memory_info() -> tuple[int, int]:
+    """(free, total) bytes of the device's memory: the GPU's (CuPy's pool counted as used), or the
+    machine's on the CPU backend."""
+    if name == "cupy":
+        free, total = xp.cuda.runtime.memGetInfo()
+        return int(free) + int(xp.get_default_memory_pool().free_bytes()), int(total)
+    try:
+        pages, avail = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_AVPHYS_PAGES")
+        return avail * os.sysconf("SC_PAGE_SIZE"), pages * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0, 0
+
+
+def _track_allocations() -> None:
+    """On CuPy: route allocations through the pool while counting the high-water mark."""
+    if _peak["installed"] or name != "cupy":
+        return
+    pool = xp.get_default_memory_pool()
+
+    def malloc(size):
+        p = pool.malloc(size)
+        _peak["current"] = pool.used_bytes()
+        _peak["bytes"] = max(_peak["bytes"], _peak["current"])
+        return p
+    xp.cuda.set_allocator(malloc)
+    _peak["installed"] = True
+
+
+def peak_memory(reset: bool = False) -> int | None:
+    """The most GPU memory this process has held at once (bytes, CuPy's pool), since the start or the
+    last reset; None on the CPU backend, where arrays are ordinary NumPy arrays."""
+    if name != "cupy":
+        return None
+    value = max(_peak["bytes"], int(xp.get_default_memory_pool().used_bytes()))
+    if reset:
+        _peak["bytes"] = int(xp.get_default_memory_pool().used_bytes())
+    return value
+
+
+def fit_batch(preferred: int, bytes_per_item: int, fixed_bytes: int = 0, fraction: float = 0.6,
+              what: str = "B") -> int:
+    """The largest batch, halving from `preferred`, whose memory (fixed + batch * per item) stays within
+    `fraction` of the device's free memory; says what it chose and why. Raises MemoryError if even 1
+    does not fit."""
+    free, total = memory_info()
+    budget = int(fraction * free)
+    batch = int(preferred)
+    while batch > 1 and fixed_bytes + batch * bytes_per_item > budget:
+        batch //= 2
+    need = fixed_bytes + batch * bytes_per_item
+    if need > budget:
+        raise MemoryError(f"even {what}=1 needs {need / 2**30:.1f} GiB, more than {fraction:.0%} of the "
+                          f"{free / 2**30:.1f} GiB free on the device")
+    note = "" if batch == preferred else f" (halved from {preferred} to fit)"
+    print(f"{what}={batch}{note}: about {need / 2**30:.1f} GiB of the {free / 2**30:.1f} GiB free "
+          f"({total / 2**30:.0f} GiB device)")
+    return batch
 
 
 def set_timeout(seconds: float) -> None:
@@ -383,3 +448,6 @@ def time_kernel(fn: Function, grid, block, args, shared_mem=0, repeat=5, warmup=
             fn(grid, block, args, shared_mem)
             times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+_track_allocations()

@@ -165,3 +165,18 @@ def test_a_kernel_that_does_not_compile_fails_at_load_on_both_backends(tmp_path)
     src.write_text('extern "C" __global__ void k(float* x) { x[threadIdx.x] = undeclared_thing; }\n')
     with pytest.raises(device.CompileError, match=r"(?s)broken\.cu does not compile.*undeclared_thing"):
         device.load_module(src)   # the active backend: the GPU path compiles with NVRTC at once too
+
+
+def test_memory_info_peak_and_fit_batch(capsys):
+    free, total = device.memory_info()
+    assert 0 < free <= total
+    before = device.peak_memory(reset=True)
+    big = device.zeros(4 << 20)   # 16 MiB
+    if device.name == "cupy":
+        assert device.peak_memory() >= before + big.nbytes
+    else:
+        assert device.peak_memory() is None
+    B = device.fit_batch(8, bytes_per_item=free // 4, what="B")
+    assert B == 2 and "halved from 8" in capsys.readouterr().out   # 2 * free/4 <= 0.6 * free < 4 * free/4
+    with pytest.raises(MemoryError, match="even B=1 needs"):
+        device.fit_batch(8, bytes_per_item=free)

@@ -5,7 +5,7 @@ import time
 
 from . import _module, compiler, driver, memory, runtime  # noqa: F401
 from .device import Device  # noqa: F401
-from .memory import MemoryPointer, OutOfMemoryError  # noqa: F401
+from .memory import MemoryPointer, OutOfMemoryError, set_allocator  # noqa: F401
 
 
 class Stream:

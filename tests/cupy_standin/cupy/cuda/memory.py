@@ -112,5 +112,14 @@ POOL = MemoryPool()
 PINNED_POOL = MemoryPool()
 
 
+_allocator = POOL.malloc
+
+
+def set_allocator(allocator=None):
+    """As cupy.cuda.set_allocator: every new array's memory comes from `allocator(size)`."""
+    global _allocator
+    _allocator = allocator or POOL.malloc
+
+
 def alloc(size: int) -> MemoryPointer:
-    return POOL.malloc(size)
+    return _allocator(size)
