@@ -1,9 +1,11 @@
 """Benchmark tables for the kernel notebooks: time, achieved bandwidth and FLOP rate per version.
 
-On a GPU the times come from CUDA events and each rate is also shown as a fraction of an H100's
-limits (3.35 TB/s of HBM bandwidth, 67 TFLOP/s of fp32), computed from a bytes-and-FLOPs model of
-the kernel that the notebook states. On the CPU backend the times are emulation times: they show the
-cost of running CUDA semantics on a CPU and say nothing about a GPU, and the table says so.
+On a GPU the times come from CUDA events around many back-to-back launches with the L2 cache flushed
+before each repeat (helpers.device.time_kernel), and each rate is also shown as a fraction of this
+GPU's limits (memory bandwidth and fp32 FLOP/s from its properties, device.peak_rates), computed from
+a bytes-and-FLOPs model of the kernel that the notebook states. On the CPU backend the times are
+emulation times: they show the cost of running CUDA semantics on a CPU and say nothing about a GPU,
+and the table says so.
 """
 from __future__ import annotations
 
@@ -13,10 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import device
-
-H100_BANDWIDTH = 3.35e12   # bytes/s, H100 SXM HBM3
-H100_FP32 = 67e12          # FLOP/s, H100 SXM fp32 (non-tensor-core)
-
 
 @dataclass
 class Measurement:
@@ -58,21 +56,8 @@ def measure_call(name, call, *, bytes=None, flops=None, repeat=None) -> Measurem
     """Time a Python callable that launches GPU work (cupy.matmul, a sequence of launches...)."""
     repeat = repeat or (20 if device.name == "cupy" else 3)
     started = time.perf_counter()
-    call()  # warm-up
-    times = []
-    for _ in range(repeat):
-        if device.name == "cupy":
-            start, stop = device.xp.cuda.Event(), device.xp.cuda.Event()
-            start.record()
-            call()
-            stop.record()
-            stop.synchronize()
-            times.append(device.xp.cuda.get_elapsed_time(start, stop) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-    return _progress(Measurement(name, float(np.median(times)), bytes, flops), started)
+    seconds = device.time_calls(call, repeat=repeat)
+    return _progress(Measurement(name, seconds, bytes, flops), started)
 
 
 def _fmt(v, spec):
@@ -81,11 +66,17 @@ def _fmt(v, spec):
 
 
 def table(measurements: list[Measurement], title: str = "") -> str:
-    """Print (and return) the table. GPU: % of H100 limits; CPU backend: labelled as emulation."""
-    gpu = device.name == "cupy"
+    """Print (and return) the table. GPU: % of this GPU's limits; CPU backend: labelled as emulation."""
+    peak = device.peak_rates()
+    gpu = peak is not None and not peak["standin"]
     lines = [title] if title else []
-    lines.append("GPU times (CUDA events); % of H100 SXM limits: 3.35 TB/s, 67 TFLOP/s fp32" if gpu else
-                 "CPU backend: EMULATION times (CUDA semantics on a CPU), not GPU performance")
+    if peak is None:
+        lines.append("CPU backend: EMULATION times (CUDA semantics on a CPU), not GPU performance")
+    elif peak["standin"]:
+        lines.append("the CuPy stand-in of the tests: CPU times of an emulation, not a GPU's")
+    else:
+        lines.append(f"{peak['name']} ({peak['sm']}), CUDA events; % of its limits: "
+                     f"{peak['bandwidth'] / 1e12:.2f} TB/s, {peak['fp32'] / 1e12:.1f} TFLOP/s fp32")
     width = max([34] + [len(m.name) + 2 for m in measurements])
     head = f"{'version':<{width}}{'time':>12}{'GB/s':>10}{'GFLOP/s':>10}"
     if gpu:
@@ -94,8 +85,8 @@ def table(measurements: list[Measurement], title: str = "") -> str:
     for m in measurements:
         row = f"{m.name:<{width}}{m.seconds * 1e3:>9.3f} ms{_fmt(m.gbps, '>10.3g')}{_fmt(m.gflops, '>10.3g')}"
         if gpu:
-            bw = None if m.bytes is None else 100 * m.bytes / m.seconds / H100_BANDWIDTH
-            fp = None if m.flops is None else 100 * m.flops / m.seconds / H100_FP32
+            bw = None if m.bytes is None else 100 * m.bytes / m.seconds / peak["bandwidth"]
+            fp = None if m.flops is None else 100 * m.flops / m.seconds / peak["fp32"]
             row += f"{_fmt(bw, '>8.1f')}{_fmt(fp, '>8.1f')}"
         lines.append(row)
     text = "\n".join(lines)

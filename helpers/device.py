@@ -206,14 +206,21 @@ class Function:
         return f"<kernel {self.kernel.describe()} from {self.module.path.name} on {self.module.backend}>"
 
     def __call__(self, grid, block, args, shared_mem=0):
+        self.prepare(grid, block, args, shared_mem)()
+
+    def prepare(self, grid, block, args, shared_mem=0):
+        """Check a launch once and return a function that makes it, with no checks: for timing many
+        back-to-back launches (the arguments must not change in between)."""
         grid3, block3, smem = check_config(self.kernel, grid, block, shared_mem)
         values = convert_args(self.kernel, args, self.module.backend, *self._array_types())
         if self.module.backend == "cupy":
             if self._raw is None:
                 self._raw = self.module._raw.get_function(self.name)
-            self._raw(grid3, block3, tuple(values), shared_mem=smem)
-        else:
-            cpu_backend.launch(self.module._library, self.kernel, self.name, grid3, block3, smem, values)
+            raw, packed = self._raw, tuple(values)
+            return lambda: raw(grid3, block3, packed, shared_mem=smem)
+        library, kernel, entry = self.module._library, self.kernel, self.name
+        return lambda: cpu_backend.launch(library, kernel, entry, grid3, block3, smem, values)
+
 
     def _array_types(self):
         if self.module.backend == "cupy":
@@ -431,23 +438,77 @@ def racecheck(fn: Function, grid, block, args, shared_mem=0, *, atol=0.0, rtol=0
 # Timing
 # ------------------------------------------------------------------------------------------------
 def time_kernel(fn: Function, grid, block, args, shared_mem=0, repeat=5, warmup=1) -> float:
-    """Median seconds per launch: CUDA events on the GPU, wall clock (emulation) on the CPU."""
+    """Median seconds per launch. On a GPU: CUDA events around `inner` back-to-back launches (checked
+    once, so Python's argument checks are not timed), L2 flushed before each repeat as llm.c's dev/cuda
+    benchmarks do, `inner` chosen so that a repeat lasts about a millisecond. (A kernel shorter than
+    CuPy's launch overhead, a few microseconds, is then measured at the launch rate.) On the CPU
+    backend: the wall clock of one launch (emulation)."""
+    launch = fn.prepare(grid, block, args, shared_mem)
+    return time_calls(launch, repeat=repeat, warmup=warmup)
+
+
+def time_calls(call, repeat=5, warmup=1) -> float:
+    """Median seconds per call of a function that launches GPU work (as time_kernel does for a launch)."""
     for _ in range(warmup):
-        fn(grid, block, args, shared_mem)
+        call()
+    if name != "cupy":
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+    start, stop = xp.cuda.Event(), xp.cuda.Event()
+    start.record()
+    call()
+    stop.record()
+    stop.synchronize()
+    one = max(xp.cuda.get_elapsed_time(start, stop) / 1e3, 1e-7)
+    inner = int(min(1000, max(1, 1e-3 // one)))
     times = []
     for _ in range(repeat):
-        if name == "cupy":
-            start, stop = xp.cuda.Event(), xp.cuda.Event()
-            start.record()
-            fn(grid, block, args, shared_mem)
-            stop.record()
-            stop.synchronize()
-            times.append(xp.cuda.get_elapsed_time(start, stop) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn(grid, block, args, shared_mem)
-            times.append(time.perf_counter() - t0)
+        flush_l2()
+        start.record()
+        for _ in range(inner):
+            call()
+        stop.record()
+        stop.synchronize()
+        times.append(xp.cuda.get_elapsed_time(start, stop) / 1e3 / inner)
     return float(np.median(times))
+
+
+_l2: dict = {}
+
+
+def flush_l2() -> None:
+    """Overwrite the GPU's L2 cache (a buffer twice its size), so the next launch reads from memory."""
+    if name != "cupy":
+        return
+    if "buffer" not in _l2:
+        size = int(xp.cuda.runtime.getDeviceProperties(0).get("l2CacheSize", 1 << 22))
+        _l2["buffer"] = xp.empty(2 * max(size, 1 << 20), dtype=np.uint8)
+    _l2["buffer"].fill(_l2.setdefault("value", 0) & 0xFF)
+    _l2["value"] += 1
+
+
+def _fp32_lanes_per_sm(major: int, minor: int) -> int:
+    """FP32 units per SM, from NVIDIA's tables of compute capabilities."""
+    if major >= 8 and (major, minor) != (8, 0):
+        return 128          # sm_86, 89, 90, 100, 120
+    return 64               # sm_70, 75, 80
+
+
+def peak_rates() -> dict | None:
+    """This GPU's limits from its properties: memory bandwidth (bytes/s) = 2 x memory clock x bus width,
+    fp32 FLOP/s = 2 x FP32 units per SM x SMs x clock. None on the CPU backend."""
+    if name != "cupy":
+        return None
+    p = xp.cuda.runtime.getDeviceProperties(0)
+    gpu = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
+    bandwidth = 2 * p["memoryClockRate"] * 1e3 * p["memoryBusWidth"] / 8
+    fp32 = 2 * _fp32_lanes_per_sm(p["major"], p["minor"]) * p["multiProcessorCount"] * p["clockRate"] * 1e3
+    return dict(name=gpu, bandwidth=bandwidth, fp32=fp32, sm=f"sm_{p['major']}{p['minor']}",
+                standin=bool(getattr(xp, "__standin__", False)))
 
 
 _track_allocations()

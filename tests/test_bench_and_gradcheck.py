@@ -42,3 +42,27 @@ def test_slow_measurements_report_as_they_finish(capsys, monkeypatch):
     bench.measure_call("slow", lambda: time.sleep(0.02), repeat=2)
     line = capsys.readouterr().out
     assert line.startswith("  measured slow: ") and "ms per run" in line
+
+
+def test_gpu_limits_come_from_the_device_properties(monkeypatch):
+    if device.name != "cupy":
+        assert device.peak_rates() is None
+        return
+    import cupy
+    for gpu, bandwidth, fp32 in (("t4", 320.06e9, 8.14e12), ("h100", 3.352e12, 66.9e12)):
+        monkeypatch.setenv("GPT2_STANDIN_GPU", gpu)
+        if not getattr(cupy, "__standin__", False):
+            break   # a real GPU: its own figures
+        peak = device.peak_rates()
+        assert peak["bandwidth"] == pytest.approx(bandwidth, rel=1e-3) and peak["fp32"] == pytest.approx(fp32, rel=1e-3)
+
+
+def test_timing_checks_a_launch_once_and_then_launches_back_to_back(monkeypatch):
+    fn = device.load_module(REPO_ROOT / "tests" / "kernels" / "features.cu").get_function("coordinates")
+    out = device.zeros(8 * 64, np.int32)
+    checks = []
+    real = device.convert_args
+    monkeypatch.setattr(device, "convert_args", lambda *a, **k: checks.append(1) or real(*a, **k))
+    seconds = device.time_kernel(fn, (2,), (32,), (out, 64), repeat=3, warmup=1)
+    assert seconds > 0 and len(checks) == 1
+    assert device.asnumpy(out)[6] == 32 * 10000 + 100 + 1   # blockDim written by the launches

@@ -173,7 +173,7 @@ def test_memory_info_peak_and_fit_batch(capsys):
     before = device.peak_memory(reset=True)
     big = device.zeros(4 << 20)   # 16 MiB
     if device.name == "cupy":
-        assert device.peak_memory() >= before + big.nbytes
+        assert device.peak_memory() >= big.nbytes and before is not None
     else:
         assert device.peak_memory() is None
     B = device.fit_batch(8, bytes_per_item=free // 4, what="B")
