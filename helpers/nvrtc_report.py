@@ -1,8 +1,9 @@
 """A GPU compile check that needs no GPU: what each kernel costs on real hardware.
 
-Every `.cu` file is compiled with NVRTC (the CUDA runtime compiler, a plain library) for sm_80
-(A100) and sm_90 (H100), and ptxas's own report is turned into a table, one row per kernel and
-architecture:
+Every `.cu` file is compiled with NVRTC (the CUDA runtime compiler, a plain library) for the GPUs
+learners meet, from sm_75 (T4, Colab's free GPU) to sm_120, as far as the installed NVRTC knows them
+(notebooks show sm_75, sm_80 (A100) and sm_90 (H100)), and ptxas's own report is turned into a table,
+one row per kernel and architecture:
 
 - registers: each SM has 65536 of them, shared by all its threads. A kernel that uses 64 per thread
   can keep at most 1024 threads on an SM, one that uses 32 can keep 2048; fewer resident threads
@@ -31,7 +32,14 @@ from pathlib import Path
 from . import cuda_source, nvrtc
 from .errors import CompileError
 
-ARCHS = ("sm_80", "sm_90")
+ALL_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+ARCHS = ("sm_75", "sm_80", "sm_90")   # what the notebooks show: T4, A100, H100
+
+
+def supported(archs=ALL_ARCHS) -> tuple[str, ...]:
+    """The architectures of `archs` this NVRTC compiles for."""
+    have = set(nvrtc.supported_archs())
+    return tuple(a for a in archs if a in have)
 TESTS_KERNEL_DIR = cuda_source.REPO_ROOT / "tests" / "kernels"
 
 
@@ -146,8 +154,10 @@ def _report_file(path: Path, archs) -> list[KernelResources]:
     return sorted(rows, key=order)
 
 
-def compile_report(paths=None, archs=ARCHS) -> list[KernelResources]:
-    """One row per kernel and architecture for `paths` (default: every `.cu` file in cuda/)."""
+def compile_report(paths=None, archs=None) -> list[KernelResources]:
+    """One row per kernel and architecture for `paths` (default: every `.cu` file in cuda/) and `archs`
+    (default: every architecture of ALL_ARCHS this NVRTC supports)."""
+    archs = archs or supported(ALL_ARCHS)
     paths = default_paths() if paths is None else [cuda_source.resolve(p) for p in paths]
     return [row for p in paths for row in _report_file(p, tuple(archs))]
 
@@ -183,9 +193,11 @@ def show(*names, archs=ARCHS) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.nvrtc_report", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="*", help="files to compile (default: every .cu file in cuda/)")
-    parser.add_argument("--arch", nargs="+", default=list(ARCHS), help="architectures (default: sm_80 sm_90)")
+    parser.add_argument("--arch", nargs="+", default=None,
+                        help=f"architectures (default: those of {' '.join(ALL_ARCHS)} this NVRTC supports)")
     parser.add_argument("--include-tests", action="store_true", help="also compile tests/kernels/*.cu")
     args = parser.parse_args(argv)
+    args.arch = args.arch or list(supported(ALL_ARCHS))
     paths = [cuda_source.resolve(f) for f in args.files] if args.files else default_paths()
     if args.include_tests:
         paths += sorted(TESTS_KERNEL_DIR.glob("*.cu"))

@@ -6,7 +6,7 @@ import pytest
 from helpers import nvrtc, nvrtc_report
 from helpers.errors import CompileError
 
-ARCHS = ("sm_80", "sm_90")
+ARCHS = nvrtc_report.supported(nvrtc_report.ALL_ARCHS)
 
 
 def write(tmp_path, name, text):
@@ -15,7 +15,11 @@ def write(tmp_path, name, text):
     return path
 
 
-def test_every_kernel_compiles_for_sm80_and_sm90_without_spills():
+def test_the_installed_nvrtc_covers_t4_to_blackwell():
+    assert {"sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"} <= set(ARCHS)
+
+
+def test_every_kernel_compiles_for_every_architecture_without_spills():
     paths = nvrtc_report.default_paths(include_tests=True)  # found now: the folders grow with the curriculum
     rows, errors = [], []
     for path in paths:

@@ -1,0 +1,121 @@
+"""Every kernel fits the register file of every architecture at the block sizes its wrapper launches it
+with: registers per thread (from NVRTC, for each architecture) x threads per block, in the units the
+hardware allocates (256 registers per warp), at most 64 K per block. Otherwise a GPU refuses the
+launch (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES), which no CPU run would show.
+
+The block sizes are recorded from real launches of every op's wrappers, every version, at small
+shapes: whatever the wrappers choose is what is checked."""
+import math
+
+import numpy as np
+import pytest
+
+from helpers import device, nvrtc_report
+from helpers.gpt2 import GPT2, GPT2Config
+from helpers.ops import adamw, attention, classifier, encoder, gelu, kv_cache, layernorm, matmul
+
+REGISTER_FILE = 65536       # registers per SM, and at most per block, on sm_75 ... sm_120
+ALLOCATION_UNIT = 256       # registers are given to a warp in units of 256
+
+
+def launched_block_sizes():
+    """{(file, kernel): largest threads per block} over every launch the wrappers make."""
+    seen: dict = {}
+    real = device.Function.prepare
+
+    def record(self, grid, block, args, shared_mem=0):
+        threads = math.prod(block if isinstance(block, (tuple, list)) else (block,))
+        key = (self.module.path.name, self.name)
+        seen[key] = max(seen.get(key, 0), threads)
+        return real(self, grid, block, args, shared_mem)
+
+    device.Function.prepare = record
+    try:
+        _launch_every_op()
+    finally:
+        device.Function.prepare = real
+    return seen
+
+
+def _launch_every_op():
+    rng = np.random.default_rng(0)
+    d = lambda *shape: device.asarray(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    B, T, C, NH, V = 2, 8, 32, 2, 40
+    idx = device.asarray(rng.integers(0, V, (B, T)).astype(np.int32))
+    for v in encoder.VERSIONS:
+        encoder.forward(device.empty((B, T, C)), idx, d(V, C), d(T, C), version=v)
+        encoder.backward(device.zeros((V, C)), device.zeros((T, C)), d(B, T, C), idx, version=v)
+    x, w, b = d(B, T, C), d(C), d(C)
+    for v in layernorm.VERSIONS:
+        out, mean, rstd = device.empty((B, T, C)), device.empty((B, T)), device.empty((B, T))
+        layernorm.forward(out, mean, rstd, x, w, b, version=v)
+        if v <= 2:
+            layernorm.backward(device.zeros((B, T, C)), device.zeros(C), device.zeros(C), d(B, T, C), x, w, mean,
+                               rstd, version=v)
+    for v in matmul.VERSIONS:
+        matmul.forward(device.empty((B * T, 4 * C)), d(B * T, C), d(4 * C, C), d(4 * C), version=v)
+        matmul.backward(device.zeros((B * T, C)), device.zeros((4 * C, C)), device.zeros(4 * C), d(B * T, 4 * C),
+                        d(B * T, C), d(4 * C, C), version=v)
+    qkv = d(B, T, 3 * C)
+    for v in attention.VERSIONS:
+        aux = dict(att=device.empty((B, NH, T, T))) if v == 1 else dict(lse=device.empty((B, NH, T)))
+        out = device.empty((B, T, C))
+        attention.forward(out, qkv, NH, version=v, **aux)
+        attention.backward(device.zeros((B, T, 3 * C)), d(B, T, C), qkv, out, NH, version=v, **aux)
+    for v in gelu.VERSIONS:
+        gelu.forward(device.empty(B * T * C), d(B * T * C), version=v)
+        gelu.backward(device.zeros(B * T * C), d(B * T * C), d(B * T * C), version=v)
+        gelu.residual_forward(device.empty(B * T * C), d(B * T * C), d(B * T * C), version=v)
+        gelu.residual_backward(device.zeros(B * T * C), device.zeros(B * T * C), d(B * T * C), version=v)
+    Vp = 48
+    logits, targets = d(B, T, Vp), device.asarray(rng.integers(0, V, (B, T)).astype(np.int32))
+    probs = device.empty((B, T, Vp))
+    classifier.softmax(probs, logits, V)
+    classifier.crossentropy(device.empty((B, T)), probs, targets)
+    classifier.crossentropy_softmax_backward(device.zeros((B, T, Vp)), probs, targets, 0.1, version=1)
+    for v in (2, 3):
+        classifier.fused_classifier(device.empty((B, T)), device.empty((B, T, Vp)), logits, targets, V, 0.1, version=v)
+    for v in adamw.VERSIONS:
+        adamw.adamw(d(64), d(64), device.zeros(64), device.zeros(64), 1, 1e-3, 0.9, 0.95, 1e-8, 0.1, version=v)
+    for v in adamw.NORM_VERSIONS:
+        adamw.global_norm_squared([d(100), d(64)], version=v)
+    k_cache, v_cache = device.zeros((NH, T, C // NH)), device.zeros((NH, T, C // NH))
+    kv_cache.append(k_cache, v_cache, d(1, 1, 3 * C), 0)
+    kv_cache.attention_decode(device.empty((1, 1, C)), d(1, 1, 3 * C), k_cache, v_cache, 0)
+    # and the model, which picks its own versions
+    model = GPT2(GPT2Config(vocab_size=V, block_size=T, n_layer=1, n_head=NH, n_embd=C), backend="cuda", seed=0)
+    model.forward(device.asnumpy(idx), device.asnumpy(idx))
+    model.backward()
+    list(model.generate(np.array([1, 2]), 2, temperature=0))
+
+
+def registers_per_block(registers: int, threads: int) -> int:
+    warps = -(-threads // 32)
+    per_warp = -(-registers * 32 // ALLOCATION_UNIT) * ALLOCATION_UNIT
+    return warps * per_warp
+
+
+def test_every_launched_kernel_fits_the_register_file_of_every_architecture():
+    launched = launched_block_sizes()
+    assert len(launched) >= 40, f"only {len(launched)} kernels were launched: {sorted(launched)}"
+    files = sorted({f for f, _ in launched})
+    rows = nvrtc_report.compile_report(files, nvrtc_report.supported(nvrtc_report.ALL_ARCHS))
+    registers = {(r.file.rpartition("/")[2], r.kernel, r.arch): r.registers for r in rows}
+    archs = sorted({r.arch for r in rows})
+    assert {"sm_75", "sm_80", "sm_90"} <= set(archs)
+    problems = []
+    for (file, kernel), threads in sorted(launched.items()):
+        for arch in archs:
+            regs = registers.get((file, kernel, arch))
+            assert regs is not None, f"{file}: {kernel} was launched but NVRTC reports no kernel of that name"
+            need = registers_per_block(regs, threads)
+            if need > REGISTER_FILE:
+                problems.append(f"{file}: {kernel} on {arch}: {regs} registers x {threads} threads = {need} > "
+                                f"{REGISTER_FILE}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("registers, threads, expected", [(32, 1024, 32768), (33, 1024, 40960), (255, 256, 65536),
+                                                          (64, 33, 4096)])
+def test_register_allocation_arithmetic(registers, threads, expected):
+    assert registers_per_block(registers, threads) == expected
