@@ -1,0 +1,1 @@
+"""Aids for the notebooks: sizing (gpu_sizes), ..."""
