@@ -15,7 +15,8 @@
 // - scheduler.h  barriers, __activemask, deadlocks: a fiber runs until it waits, then the next one;
 // - warp.h       shuffles, votes and __syncwarp;
 // - atomics.h    atomics (blocks really run in parallel);
-// - device_api.h threadIdx and friends, math intrinsics, printf, assert;
+// - device_api.h threadIdx and friends, printf, assert;
+// - intrinsics.h the math API and the intrinsics (bit-exact where CUDA defines the result);
 // - faults.h     a fault becomes a report for the Python side, then the launch process exits;
 // - launch.h     a launch from start to end, and the module's exported entry points.
 // Every launch runs in a child process (forked by the launcher, launcher.cpp), so that a faulting
@@ -31,5 +32,6 @@
 #include "runtime/warp.h"
 #include "runtime/atomics.h"
 #include "runtime/device_api.h"
+#include "runtime/intrinsics.h"
 #include "runtime/faults.h"
 #include "runtime/launch.h"

@@ -60,3 +60,44 @@ static inline unsigned long long atomicExch(unsigned long long* p, unsigned long
 static inline float atomicExch(float* p, float v) { return ::gpt2cpu::atomic_update(p, [v](float) { return v; }); }
 static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline unsigned atomicInc(unsigned* p, unsigned limit) {
+    return ::gpt2cpu::atomic_update(p, [limit](unsigned old) { return old >= limit ? 0u : old + 1; });
+}
+static inline unsigned atomicDec(unsigned* p, unsigned limit) {
+    return ::gpt2cpu::atomic_update(p, [limit](unsigned old) { return (old == 0 || old > limit) ? limit : old - 1; });
+}
+#define GPT2CPU_ATOMIC_BITS(NAME, BUILTIN)                                                                     \
+    static inline int NAME(int* p, int v) { ::gpt2cpu::tracking_atomic(p); return BUILTIN(p, v, __ATOMIC_RELAXED); } \
+    static inline unsigned NAME(unsigned* p, unsigned v) { ::gpt2cpu::tracking_atomic(p); return BUILTIN(p, v, __ATOMIC_RELAXED); } \
+    static inline unsigned long long NAME(unsigned long long* p, unsigned long long v) {                        \
+        ::gpt2cpu::tracking_atomic(p); return BUILTIN(p, v, __ATOMIC_RELAXED); }
+GPT2CPU_ATOMIC_BITS(atomicAnd, __atomic_fetch_and)
+GPT2CPU_ATOMIC_BITS(atomicOr, __atomic_fetch_or)
+GPT2CPU_ATOMIC_BITS(atomicXor, __atomic_fetch_xor)
+#undef GPT2CPU_ATOMIC_BITS
+static inline long long atomicAdd(long long* p, long long v) { return ::gpt2cpu::atomic_fetch_add(p, v); }
+static inline unsigned short atomicCAS(unsigned short* p, unsigned short c, unsigned short v) { return ::gpt2cpu::atomic_cas(p, c, v); }
+static inline double atomicExch(double* p, double v) { return ::gpt2cpu::atomic_update(p, [v](double) { return v; }); }
+// The scoped variants: on the CPU every atomic is atomic for the whole machine.
+#define atomicAdd_block atomicAdd
+#define atomicAdd_system atomicAdd
+#define atomicSub_block atomicSub
+#define atomicSub_system atomicSub
+#define atomicExch_block atomicExch
+#define atomicExch_system atomicExch
+#define atomicMin_block atomicMin
+#define atomicMin_system atomicMin
+#define atomicMax_block atomicMax
+#define atomicMax_system atomicMax
+#define atomicInc_block atomicInc
+#define atomicInc_system atomicInc
+#define atomicDec_block atomicDec
+#define atomicDec_system atomicDec
+#define atomicCAS_block atomicCAS
+#define atomicCAS_system atomicCAS
+#define atomicAnd_block atomicAnd
+#define atomicAnd_system atomicAnd
+#define atomicOr_block atomicOr
+#define atomicOr_system atomicOr
+#define atomicXor_block atomicXor
+#define atomicXor_system atomicXor

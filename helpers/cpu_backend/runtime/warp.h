@@ -109,3 +109,51 @@ static inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mas
 // The lanes executing this call together (scheduler.h): inside `if (lane < 5)`, 0x1f.
 #define __activemask() ::gpt2cpu::activemask(__LINE__)
 static inline unsigned __lanemask_lt() { return (1u << ::gpt2cpu::self()->lane) - 1; }
+// __match_any_sync: the lanes of mask whose value equals this lane's; __match_all_sync: mask if all
+// are equal (and *pred = 1), else 0.
+template <class T> static inline unsigned __match_any_sync(unsigned mask, T value) {
+    ::gpt2cpu::Fiber* f = ::gpt2cpu::self();
+    ::gpt2cpu::WarpState& w = ::gpt2cpu::warp_collective(f, mask, ::gpt2cpu::to_bits(value), "__match_any_sync");
+    int p = f->parity;
+    f->parity ^= 1;
+    unsigned r = 0;
+    for (int lane = 0; lane < 32; lane++)
+        if (((mask >> lane) & 1) && w.slots[p][lane] == w.slots[p][f->lane]) r |= 1u << lane;
+    return r;
+}
+template <class T> static inline unsigned __match_all_sync(unsigned mask, T value, int* pred) {
+    unsigned same = __match_any_sync(mask, value);
+    *pred = same == mask;
+    return same == mask ? mask : 0u;
+}
+// __reduce_*_sync (sm_80): the lanes of mask combined, every lane gets the result.
+namespace gpt2cpu {
+template <class T, class Op> static inline T warp_reduce(unsigned mask, T value, Op op, const char* what) {
+    Fiber* f = self();
+    WarpState& w = warp_collective(f, mask, to_bits(value), what);
+    int p = f->parity;
+    f->parity ^= 1;
+    bool first = true;
+    T acc = T();
+    for (int lane = 0; lane < 32; lane++) {
+        if (!((mask >> lane) & 1)) continue;
+        T v = from_bits<T>(w.slots[p][lane]);
+        acc = first ? v : op(acc, v);
+        first = false;
+    }
+    return acc;
+}
+}  // namespace gpt2cpu
+static inline unsigned __reduce_add_sync(unsigned mask, unsigned v) { return ::gpt2cpu::warp_reduce(mask, v, [](unsigned a, unsigned b) { return a + b; }, "__reduce_add_sync"); }
+static inline int __reduce_add_sync(unsigned mask, int v) { return (int)__reduce_add_sync(mask, (unsigned)v); }
+static inline unsigned __reduce_min_sync(unsigned mask, unsigned v) { return ::gpt2cpu::warp_reduce(mask, v, [](unsigned a, unsigned b) { return a < b ? a : b; }, "__reduce_min_sync"); }
+static inline int __reduce_min_sync(unsigned mask, int v) { return ::gpt2cpu::warp_reduce(mask, v, [](int a, int b) { return a < b ? a : b; }, "__reduce_min_sync"); }
+static inline unsigned __reduce_max_sync(unsigned mask, unsigned v) { return ::gpt2cpu::warp_reduce(mask, v, [](unsigned a, unsigned b) { return a > b ? a : b; }, "__reduce_max_sync"); }
+static inline int __reduce_max_sync(unsigned mask, int v) { return ::gpt2cpu::warp_reduce(mask, v, [](int a, int b) { return a > b ? a : b; }, "__reduce_max_sync"); }
+static inline unsigned __reduce_and_sync(unsigned mask, unsigned v) { return ::gpt2cpu::warp_reduce(mask, v, [](unsigned a, unsigned b) { return a & b; }, "__reduce_and_sync"); }
+static inline unsigned __reduce_or_sync(unsigned mask, unsigned v) { return ::gpt2cpu::warp_reduce(mask, v, [](unsigned a, unsigned b) { return a | b; }, "__reduce_or_sync"); }
+static inline unsigned __reduce_xor_sync(unsigned mask, unsigned v) { return ::gpt2cpu::warp_reduce(mask, v, [](unsigned a, unsigned b) { return a ^ b; }, "__reduce_xor_sync"); }
+static inline unsigned __lanemask_le() { return (unsigned)((2ull << ::gpt2cpu::self()->lane) - 1); }
+static inline unsigned __lanemask_gt() { return ~__lanemask_le(); }
+static inline unsigned __lanemask_ge() { return ~__lanemask_lt(); }
+static inline unsigned __lanemask_eq() { return 1u << ::gpt2cpu::self()->lane; }
