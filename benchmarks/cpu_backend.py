@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import cpu_backend, device  # noqa: E402
+from helpers.runtime import cpu_backend, device  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 NUMBA_SIMULATOR_SECONDS_QUOTED = 12.5  # numba 0.6x CUDA simulator, 64x64x96, on this 2-core machine kind

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from helpers import device  # noqa: E402
-from helpers.gpt2 import GPT2, GPT2Config  # noqa: E402
+from helpers.runtime import device  # noqa: E402
+from helpers.model.gpt2 import GPT2, GPT2Config  # noqa: E402
 
 
 def rate(model, n, use_cache):

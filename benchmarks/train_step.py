@@ -4,7 +4,7 @@
 
 Both train the same model (notebook 09's default: L=4, H=4, C=128, T=64, B=12, GPT-2's vocabulary)
 on the same batches of tiny Shakespeare with AdamW (0.9, 0.95), weight decay 0.1, gradient clipping
-at 1.0: ours through helpers.gpt2 (backend "numpy"), PyTorch through Hugging Face's GPT2LMHeadModel
+at 1.0: ours through helpers.model.gpt2 (backend "numpy"), PyTorch through Hugging Face's GPT2LMHeadModel
 and torch.optim.AdamW. Each runs in its own fresh process (so peak memory is its own), the two
 alternating `--repeats` times; reported: median tokens/s over the steps after the first two, and
 the process's peak resident memory (ru_maxrss).
@@ -28,13 +28,13 @@ import numpy as np
 sys.path.insert(0, sys.argv[3])
 which, steps = sys.argv[1], int(sys.argv[2])
 config = json.loads(sys.argv[4]); B, T = int(sys.argv[5]), int(sys.argv[6])
-from helpers import data
+from helpers.train import data
 train_tokens, _ = data.load_tiny_shakespeare()
 loader = data.DataLoader(train_tokens, B, T, seed=0)
 batches = [loader.next_batch() for _ in range(steps)]
 times, losses = [], []
 if which == "ours":
-    from helpers.gpt2 import GPT2, AdamW, GPT2Config
+    from helpers.model.gpt2 import GPT2, AdamW, GPT2Config
     from helpers.ops.adamw import clip_coefficient
     model = GPT2(GPT2Config(**config), backend="numpy", seed=0)
     opt = AdamW(model, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)

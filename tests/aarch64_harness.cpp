@@ -1,7 +1,7 @@
 // A C++ driver for tests/test_aarch64.py: runs kernels of tests/kernels/features.cu through the
 // CPU backend's launch entry point (in-process and forked, all three schedules) and checks them.
-// Compiled for aarch64 after the module source that helpers.cpu_backend generates, run under qemu.
-// It lays out an arena as helpers/cpu_backend/arena.py does (runtime/abi.h): header tables, then
+// Compiled for aarch64 after the module source that helpers.runtime.cpu_backend generates, run under qemu.
+// It lays out an arena as helpers/runtime/cpu_backend/arena.py does (gpt2cpu/abi.h): header tables, then
 // the arrays; with arena_fd = -1 the launch uses them where they are.
 #undef printf
 #include <cstdio>

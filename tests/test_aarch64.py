@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from helpers import cpu_backend
-from helpers.cuda_source import REPO_ROOT
+from helpers.runtime import cpu_backend
+from helpers.runtime.cuda_source import REPO_ROOT
 
 CXX = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64"

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from helpers import bench, device, gradcheck
-from helpers.cuda_source import REPO_ROOT
+from helpers import device
+from helpers.runtime.cuda_source import REPO_ROOT
+from helpers.teaching import bench, gradcheck
 
 
 def test_numerical_gradient_of_a_known_function():

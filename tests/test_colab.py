@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from helpers import colab
-from helpers.cuda_source import REPO_ROOT
+from helpers.runtime.cuda_source import REPO_ROOT
 
 
 def first_cell(notebook) -> str:

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import cpu_backend, device
-from helpers.cuda_source import REPO_ROOT
+from helpers.runtime import cpu_backend, device
+from helpers.runtime.cuda_source import REPO_ROOT
 
 KERNELS = REPO_ROOT / "tests" / "kernels"
 rng = np.random.default_rng(1234)
@@ -239,9 +239,9 @@ def test_compiled_signatures_agree_with_the_parser():
     every kernel exactly as the C++ compiler does."""
     import re
 
-    from helpers.cuda_source import kernel_signature
+    from helpers.runtime.cuda_source import kernel_signature
     for path in sorted(KERNELS.glob("*.cu")) + sorted((REPO_ROOT / "cuda").glob("*.cu")):
-        from helpers.cuda_source import declared_name_expressions
+        from helpers.runtime.cuda_source import declared_name_expressions
         mod = device.load_module(path, backend="cpu", name_expressions=declared_name_expressions(path))
         for entry in mod._library.compiled.entries:
             parsed = ",".join(p.ctype for p in kernel_signature(mod.source, entry).params)
@@ -301,11 +301,11 @@ def test_a_fresh_process_reuses_the_compiled_module(tmp_path):
 
 
 def test_python_reads_the_abi_header_as_the_compiler_does(tmp_path):
-    """runtime/abi.h is the one definition of what modules, the launcher and Python share: every field's
+    """gpt2cpu/abi.h is the one definition of what modules, the launcher and Python share: every field's
     offset and every constant as Python parsed them must be what the C++ compiler computes."""
     import ctypes
     import subprocess
-    from helpers.cpu_backend import abi
+    from helpers.runtime.cpu_backend import abi
     lines = ['#include "abi.h"', "#include <cstddef>", "#include <cstdio>", "using namespace gpt2cpu;", "int main() {"]
     expected = []
     for name, struct in abi.STRUCTS.items():

@@ -15,9 +15,9 @@ import threading
 import numpy as np
 import pytest
 
-from helpers import cpu_backend, device
-from helpers.cuda_source import REPO_ROOT
-from helpers.errors import CompileError, KernelError, LaunchError, RaceError
+from helpers.runtime import cpu_backend, device
+from helpers.runtime.cuda_source import REPO_ROOT
+from helpers.runtime.errors import CompileError, KernelError, LaunchError, RaceError
 
 KERNELS = REPO_ROOT / "tests" / "kernels"
 
@@ -89,7 +89,7 @@ def test_200_interrupts_at_random_moments_never_give_a_wrong_result():
     proc = run_python("""
         import os, random, signal, threading, time
         import numpy as np
-        from helpers import device
+        from helpers.runtime import device
         hz = device.load_module("tests/kernels/hazards.cu")
         affine = hz.get_function("affine")
         n = 20_000
@@ -140,7 +140,7 @@ def test_interrupted_model_forwards_never_spoil_the_next_one():
     proc = run_python("""
         import os, random, signal, threading, time
         import numpy as np
-        from helpers.gpt2 import GPT2, GPT2Config
+        from helpers.model.gpt2 import GPT2, GPT2Config
         cfg = GPT2Config(vocab_size=101, block_size=16, n_layer=2, n_head=2, n_embd=32)
         cuda, ref = GPT2(cfg, backend="cuda", seed=0), GPT2(cfg, backend="numpy", seed=0)
         idx = np.random.default_rng(0).integers(0, 101, (2, 16)).astype(np.int32)
@@ -170,7 +170,7 @@ def test_launches_after_the_starting_thread_exited_and_from_four_threads_at_once
     proc = run_python("""
         import threading
         import numpy as np
-        from helpers import device
+        from helpers.runtime import device
         hz = device.load_module("tests/kernels/hazards.cu")
         affine = hz.get_function("affine")
         def launch(n, results, k):
@@ -435,7 +435,7 @@ def test_a_planted_or_changed_binary_is_rebuilt_not_run(tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path / "cache"))
     src = tmp_path / "k.cu"
     src.write_text('extern "C" __global__ void k(float* x) { x[threadIdx.x] = 1.0f; }\n')
-    from helpers.cpu_backend import cache
+    from helpers.runtime.cpu_backend import cache
     compiled = cpu_backend.compile_module(src)
     assert cache.trusted(compiled.library)
     tampered = compiled.library.read_bytes()[:-100] + b"\0" * 100

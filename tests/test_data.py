@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from helpers import data
+from helpers.train import data
 
 
 def test_tokenizer_round_trip():

@@ -9,7 +9,7 @@ import pytest
 
 import helpers
 from helpers import device
-from helpers.cuda_source import REPO_ROOT
+from helpers.runtime.cuda_source import REPO_ROOT
 
 
 def backend_in_subprocess(value):
@@ -141,7 +141,7 @@ def test_notebook_code_lines_fit_a_1280px_window():
 
 def test_no_kernel_uses_what_nvrtc_lacks():
     for cu in sorted((REPO_ROOT / "cuda").glob("*.cu")) + sorted((REPO_ROOT / "tests" / "kernels").glob("*.cu")):
-        from helpers.cuda_source import strip_comments
+        from helpers.runtime.cuda_source import strip_comments
         text = strip_comments(cu.read_text())
         for banned in ("cuda_runtime.h", "M_PI", "INFINITY", "#include <"):
             assert banned not in text, f"{cu.name} uses {banned}, which NVRTC does not provide"

@@ -2,11 +2,8 @@
 import numpy as np
 import pytest
 
-from helpers import fast_numpy
-from helpers.ops import adamw as adamw_ops
-from helpers.ops import classifier as classifier_ops
-from helpers.ops import gelu as gelu_ops
-from helpers.ops import matmul as matmul_ops
+from helpers.model import fast_numpy
+from helpers.ops import adamw as adamw_ops, classifier as classifier_ops, gelu as gelu_ops, matmul as matmul_ops
 
 rng = np.random.default_rng(0)
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from helpers import cpu_backend, device
-from helpers.cuda_source import REPO_ROOT
+from helpers.runtime import cpu_backend, device
+from helpers.runtime.cuda_source import REPO_ROOT
 
 KERNELS = REPO_ROOT / "tests" / "kernels"
 

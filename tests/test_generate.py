@@ -3,9 +3,10 @@ reproduce, and bad settings are refused."""
 import numpy as np
 import pytest
 
-from helpers import device, generate, hf
-from helpers.generate import KVCache, probabilities
-from helpers.gpt2 import GPT2, GPT2Config
+from helpers import device
+from helpers.model import generate, hf
+from helpers.model.generate import KVCache, probabilities
+from helpers.model.gpt2 import GPT2, GPT2Config
 
 torch, transformers = hf.require()
 CFG = GPT2Config(vocab_size=101, block_size=16, n_layer=2, n_head=3, n_embd=48)

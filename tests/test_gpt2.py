@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from helpers import device, hf
-from helpers.gpt2 import GPT2, AdamW, GPT2Config, clip_coefficient, parameter_shapes
+from helpers import device
+from helpers.model import hf
+from helpers.model.gpt2 import AdamW, GPT2, GPT2Config, clip_coefficient, parameter_shapes
 
 torch, transformers = hf.require()  # the reference extra: missing, every test here fails saying how to install it
 

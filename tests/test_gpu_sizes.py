@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 
 from helpers import device
-from helpers.cuda_source import REPO_ROOT
-from helpers.gpt2 import GPT2, AdamW, FlatBuffer, GPT2Config, activation_gradient_shapes, parameter_shapes
-from helpers.ops import adamw as adamw_ops
-from helpers.ops import gelu as gelu_ops
-from helpers.ops import layernorm as ln
+from helpers.model.gpt2 import AdamW, FlatBuffer, GPT2, GPT2Config, activation_gradient_shapes, parameter_shapes
+from helpers.ops import adamw as adamw_ops, gelu as gelu_ops, layernorm as ln
+from helpers.runtime.cuda_source import REPO_ROOT
 from helpers.teaching import gpu_sizes
 
 T4, H100 = 15_843_721_216, 85_029_158_912   # free bytes: the devices' whole memory

@@ -3,8 +3,8 @@ the parameter. (The same checks run before CuPy launches on a GPU.)"""
 import numpy as np
 import pytest
 
-from helpers import cuda_source, device
-from helpers.launch_checks import check_config, convert_args
+from helpers.runtime import cuda_source, device
+from helpers.runtime.launch_checks import check_config, convert_args
 
 KERNELS = cuda_source.REPO_ROOT / "tests" / "kernels"
 

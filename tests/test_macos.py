@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from helpers import cpu_backend
-from helpers.cuda_source import REPO_ROOT
+from helpers.runtime import cpu_backend
+from helpers.runtime.cuda_source import REPO_ROOT
 
 TARGETS = {"aarch64-macos": 0x0100000C, "x86_64-macos": 0x01000007}  # Mach-O CPU_TYPE_ARM64, CPU_TYPE_X86_64
 KERNELS = REPO_ROOT / "tests" / "kernels"

@@ -1,10 +1,10 @@
-"""The NVRTC compile check (helpers/nvrtc_report.py): every kernel compiles for real GPUs, without a GPU."""
+"""The NVRTC compile check (helpers/runtime/nvrtc_report.py): every kernel compiles for real GPUs, without a GPU."""
 import sys
 
 import pytest
 
-from helpers import nvrtc, nvrtc_report
-from helpers.errors import CompileError
+from helpers.runtime import nvrtc, nvrtc_report
+from helpers.runtime.errors import CompileError
 
 ARCHS = nvrtc_report.supported(nvrtc_report.ALL_ARCHS)
 

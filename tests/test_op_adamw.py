@@ -14,7 +14,8 @@ partial sums of positive numbers, in a tree), and a second check holds them to t
 import numpy as np
 import pytest
 
-from helpers import check, device, hf
+from helpers import check, device
+from helpers.model import hf
 from helpers.ops import adamw as op
 
 F32 = lambda x: float(np.float32(x))  # noqa: E731  (what the kernel's float parameters hold)

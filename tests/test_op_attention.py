@@ -4,8 +4,9 @@ shape assumption refused with a clear error."""
 import numpy as np
 import pytest
 
-from helpers import check, device, gradcheck
+from helpers import check, device
 from helpers.ops import attention as A
+from helpers.teaching import gradcheck
 
 # llm.c checks attention at 1e-3. The kernels agree with a float64 reference to ~2e-6 absolute at
 # these shapes (float32 rounding of dot products over hs <= 128 channels and T <= 40 keys), so the

@@ -9,9 +9,11 @@ runs in float64 on the float32 inputs. No kernel uses atomics: racecheck require
 import numpy as np
 import pytest
 
-from helpers import check, cpu_backend, device, gradcheck
-from helpers.launch_checks import check_config, convert_args
+from helpers import check
 from helpers.ops import classifier
+from helpers.runtime import cpu_backend, device
+from helpers.runtime.launch_checks import check_config, convert_args
+from helpers.teaching import gradcheck
 
 TOL = 1e-4
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import helpers
-from helpers import ceil_div, device, gradcheck, nvrtc_report
-from helpers.cuda_source import REPO_ROOT
+from helpers import ceil_div
 from helpers.ops import encoder
+from helpers.runtime import device, nvrtc_report
+from helpers.runtime.cuda_source import REPO_ROOT
+from helpers.teaching import gradcheck
 
 EPS32 = float(np.finfo(np.float32).eps)
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import helpers
-from helpers import device, gradcheck
+from helpers import device
 from helpers.ops import gelu as G
+from helpers.teaching import gradcheck
 
 SHAPES = [(3, 37, 48), (2, 7, 20)]  # (B, T, C); GELU runs on (B, T, 4C), the residual on (B, T, C)
 VERSIONS = sorted(G.VERSIONS)

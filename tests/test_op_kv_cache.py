@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 from helpers import check, device
-from helpers.ops import attention as attention_ops
-from helpers.ops import kv_cache as op
+from helpers.ops import attention as attention_ops, kv_cache as op
 
 rng = np.random.default_rng(0)
 

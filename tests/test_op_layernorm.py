@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 import helpers
-from helpers import device, gradcheck, nvrtc_report
-from helpers.cuda_source import REPO_ROOT
 from helpers.ops import layernorm as ln
+from helpers.runtime import device, nvrtc_report
+from helpers.runtime.cuda_source import REPO_ROOT
+from helpers.teaching import gradcheck
 
 FWD_TOL = dict(atol=1e-5)   # llm.c: layernorm forward 1e-5 (rtol: FLT_EPSILON, helpers.check's default)
 # llm.c: layernorm backward 1e-3; plus rtol 1e-4 because dweight/dbias are sums over all N rows, whose

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import helpers
-from helpers import device, gradcheck
-from helpers.cuda_source import CUDA_DIR
+from helpers import device
 from helpers.ops import matmul as mm
+from helpers.runtime.cuda_source import CUDA_DIR
+from helpers.teaching import gradcheck
 
 # (N, C, OC): B*T = 3*37 with GPT-2's qkv projection shape at C=48, a shape where nothing is a
 # multiple of 16 (partial tiles everywhere, C not a multiple of the k-step), and shapes that are

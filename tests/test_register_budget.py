@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from helpers import device, nvrtc_report
-from helpers.gpt2 import GPT2, GPT2Config
+from helpers.model.gpt2 import GPT2, GPT2Config
 from helpers.ops import adamw, attention, classifier, encoder, gelu, kv_cache, layernorm, matmul
+from helpers.runtime import device, nvrtc_report
 
 REGISTER_FILE = 65536       # registers per SM, and at most per block, on sm_75 ... sm_120
 ALLOCATION_UNIT = 256       # registers are given to a warp in units of 256

@@ -7,8 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import data, train
-from helpers.cuda_source import REPO_ROOT
+from helpers import train
+from helpers.model.gpt2 import GPT2
+from helpers.runtime.cuda_source import REPO_ROOT
+from helpers.train import data
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tokens, mo
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, tokens, monkeypatch):
     cfg = tiny(tmp_path, steps=10, checkpoint_every=2)
-    real_forward = train.GPT2.forward
+    real_forward = GPT2.forward
     calls = {"n": 0}
 
     def poisoned(self, idx, targets=None):
@@ -100,7 +102,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, to
             if calls["n"] == 5:
                 loss = float("nan")
         return logits, loss
-    monkeypatch.setattr(train.GPT2, "forward", poisoned)
+    monkeypatch.setattr(GPT2, "forward", poisoned)
     with pytest.raises(train.TrainingError, match=r"loss became nan .* at step 3: training diverged.*last good "
                                                   r"checkpoint is .*checkpoint.safetensors"):
         train.train(cfg, tokens=tokens, progress=False)

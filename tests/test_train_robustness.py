@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from helpers import data, train
-from helpers.train import TrainingError
+from helpers import train
+from helpers.train import TrainingError, data
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from helpers.gpt2 import GPT2, GPT2Config
-from helpers.widgets import sampling_widget
+from helpers.model.gpt2 import GPT2, GPT2Config
+from helpers.sample.widgets import sampling_widget
 
 CFG = GPT2Config(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=32)
 
@@ -103,7 +103,7 @@ def test_empty_prompt_starts_from_endoftext(model):
     w.temperature.value = 0.0
     text = run(w)
     expected = list(model.generate(np.array([50256]), 5, temperature=0))
-    from helpers import data
+    from helpers.train import data
     assert text == data.tokenizer().decode(expected)
 
 

@@ -2,7 +2,7 @@
 readable, dtype-generic so finite differences can run it in float64) and the launch wrappers of the
 op's kernel versions in `cuda/<op>.cu`.
 
-Conventions (shared by all ops, used by the model in helpers.gpt2):
+Conventions (shared by all ops, used by the model in helpers.model.gpt2):
 - activations are C-contiguous float32, shaped like llm.c: B (batch), T (time), C (channels),
   NH (heads), V (vocabulary); weights use PyTorch's (out, in) layout;
 - backward functions and kernels ACCUMULATE (+=) into every gradient they produce, as llm.c's

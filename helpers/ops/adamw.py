@@ -25,7 +25,8 @@ import numbers
 
 import numpy as np
 
-from .. import ceil_div, device
+from .. import ceil_div
+from ..runtime import device
 from . import checks
 
 VERSIONS = {

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import ceil_div, device
+from .. import ceil_div
+from ..runtime import device
 
 VERSIONS = {
     1: "naive: scores, softmax and att @ v as three kernels, the (B, NH, T, T) matrix in memory; "

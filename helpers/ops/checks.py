@@ -6,7 +6,7 @@ the kernel, the argument and the fix.
 """
 from __future__ import annotations
 
-from .. import device
+from ..runtime import device
 
 INT_MAX = 2**31 - 1                 # the kernels index with 32-bit ints
 SHARED_MEMORY_LIMIT = 48 * 1024     # bytes of shared memory a block may use without opting in (CUDA's default)

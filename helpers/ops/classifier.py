@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import ceil_div, device
+from .. import ceil_div
+from ..runtime import device
 from . import checks
 from . import check_array
 

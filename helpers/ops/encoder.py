@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ceil_div, device
+from .. import ceil_div
+from ..runtime import device
 from . import checks
 from . import check_array
 

@@ -24,7 +24,8 @@ import math
 
 import numpy as np
 
-from .. import ceil_div, device
+from .. import ceil_div
+from ..runtime import device
 from . import checks
 
 GELU_SCALING_FACTOR = math.sqrt(2.0 / math.pi)  # 0.7978845608028654; a literal in gelu.cu (NVRTC has no M_PI)

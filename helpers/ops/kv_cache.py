@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import device
+from ..runtime import device
 
 VERSIONS = {1: "attention_decode: one block per head, scores in shared memory, block reductions"}
 DECODE_BLOCK = 128

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ceil_div, device
+from .. import ceil_div
+from ..runtime import device
 from . import checks
 
 VERSIONS = {

@@ -18,7 +18,7 @@ Once a notebook has timed a kernel on a GPU, `device.flush_l2` keeps a buffer of
 the estimate in their last cell.
 
 Not here: notebook 00 (vectors of N = 10,000,019 floats, five alive at most: 0.2 GB, and no batch to
-choose), and 09 and 10 (training and sampling, sized by helpers.train's and helpers.generate's own
+choose), and 09 and 10 (training and sampling, sized by helpers.train's and helpers.model.generate's own
 configs).
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .. import device
-from ..gpt2 import FlatBuffer, GPT2Config, activation_gradient_shapes, activation_shapes, parameter_shapes
+from ..runtime import device
+from ..model.gpt2 import FlatBuffer, GPT2Config, activation_gradient_shapes, activation_shapes, parameter_shapes
 
 FRACTION = 0.6   # of the free memory; the rest: the CUDA context, cuBLAS, NVRTC, fragmentation
 F = 4            # bytes of a float32 (and of an int32)
@@ -307,7 +307,7 @@ class Gpt2ModelSizes:
 
 
 def _flat_bytes(shapes: dict) -> int:
-    """Bytes of a helpers.gpt2.FlatBuffer of these shapes (each view starts at a multiple of 64 floats)."""
+    """Bytes of a helpers.model.gpt2.FlatBuffer of these shapes (each view starts at a multiple of 64 floats)."""
     align = FlatBuffer.ALIGN
     return F * sum(-(-math.prod(s) // align) * align for s in shapes.values())
 

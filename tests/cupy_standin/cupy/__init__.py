@@ -12,7 +12,7 @@ Faithful where the project depends on CuPy:
   `used_bytes`, `total_bytes`, `free_all_blocks`, `set_limit` (an allocation past the limit raises
   `cupy.cuda.memory.OutOfMemoryError`) and a device of a given size (GPT2_STANDIN_GPU=t4, the
   default: Colab's 16 GB T4, sm_75; or h100);
-- `RawModule(code=..., options=..., name_expressions=...)` compiles with the real NVRTC (helpers.nvrtc)
+- `RawModule(code=..., options=..., name_expressions=...)` compiles with the real NVRTC (helpers.runtime.nvrtc)
   for the device's architecture, lazily as CuPy does (on `compile()` or the first `get_function`),
   raising `cupy.cuda.compiler.CompileException` with NVRTC's log; `get_function`, `get_global`;
 - kernel calls `fn(grid, block, args, shared_mem=0)` convert the arguments as CuPy's launcher does

@@ -36,7 +36,7 @@ class RawModule:
         """Compile now (CuPy compiles lazily: at the first get_function or get_global)."""
         if self._library is not None:
             return
-        from helpers import cpu_backend, nvrtc
+        from helpers.runtime import cpu_backend, nvrtc
         from .device import Device
         options = (f"-arch=sm_{Device().compute_capability}",) + self.options
         try:
@@ -71,7 +71,7 @@ class RawModule:
 
 class RawKernel:
     def __init__(self, module: RawModule, name: str):
-        from helpers import cuda_source
+        from helpers.runtime import cuda_source
         self.module, self.name = module, name
         entries = module._library.compiled.entries
         if name not in entries:
@@ -80,8 +80,8 @@ class RawKernel:
         self._kernel = cuda_source.kernel_signature(module.code, name)
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None, enable_cooperative_groups=False):
-        from helpers import cpu_backend
-        from helpers.errors import KernelError
+        from helpers.runtime import cpu_backend
+        from helpers.runtime.errors import KernelError
         from .. import ndarray
         grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
         params = self._kernel.params

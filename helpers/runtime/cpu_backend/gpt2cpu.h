@@ -1,11 +1,11 @@
 // gpt2cpu.h: run unchanged CUDA C kernels on the CPU, with CUDA semantics.
 //
 // Every kernel module of the CPU backend is one translation unit: this header, then the .cu file
-// (lightly rewritten by helpers/cpu_backend: `__shared__` declarations become per-block variables
+// (lightly rewritten by helpers/runtime/cpu_backend: `__shared__` declarations become per-block variables
 // in guarded shared memory, `extern __shared__` the block's dynamic shared memory), then generated
 // entry points. Build: g++ -O2 -fPIC -shared -fvisibility=hidden -include gpt2cpu.h.
 //
-// The execution model, and the file that owns each part of it (runtime/):
+// The execution model, and the file that owns each part of it (gpt2cpu/):
 // - abi.h        what modules, the launcher and Python share (Python reads this file);
 // - platform.h   system headers, CUDA's keywords;
 // - types.h      vector types whose every access checks CUDA's alignment;
@@ -23,15 +23,15 @@
 // kernel, a stack overflow or an endless loop never takes the calling Python process down.
 #pragma once
 
-#include "runtime/platform.h"
-#include "runtime/types.h"
-#include "runtime/fibers.h"
-#include "runtime/state.h"
-#include "runtime/memory.h"
-#include "runtime/scheduler.h"
-#include "runtime/warp.h"
-#include "runtime/atomics.h"
-#include "runtime/device_api.h"
-#include "runtime/intrinsics.h"
-#include "runtime/faults.h"
-#include "runtime/launch.h"
+#include "gpt2cpu/platform.h"
+#include "gpt2cpu/types.h"
+#include "gpt2cpu/fibers.h"
+#include "gpt2cpu/state.h"
+#include "gpt2cpu/memory.h"
+#include "gpt2cpu/scheduler.h"
+#include "gpt2cpu/warp.h"
+#include "gpt2cpu/atomics.h"
+#include "gpt2cpu/device_api.h"
+#include "gpt2cpu/intrinsics.h"
+#include "gpt2cpu/faults.h"
+#include "gpt2cpu/launch.h"

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, device
-from .checkpoints import atomic_write
-from .gpt2 import GPT2, AdamW, GPT2Config
-from .ops.adamw import clip_coefficient
+from . import data
+from ..runtime import device
+from ..model.checkpoints import atomic_write
+from ..model.gpt2 import GPT2, AdamW, GPT2Config
+from ..ops.adamw import clip_coefficient
 
 
 class TrainingError(RuntimeError):

@@ -5,7 +5,7 @@
 // afterwards each page it writes faults once): 5-20 ms with PyTorch loaded. This process is tiny, so
 // its forks are cheap. It shares one memory "arena" with Python (a memfd, or POSIX shared memory on
 // macOS, that both map): the arrays of a launch, its arguments, report and printf records live
-// there, at offsets both sides agree on (runtime/abi.h).
+// there, at offsets both sides agree on (gpt2cpu/abi.h).
 //
 // Protocol on the socket (native layout, one request at a time): Python sends a Request with a
 // sequence number; the launcher forks and answers a Reply {seq, PID, child pid or -errno}, waits for
@@ -18,7 +18,7 @@
 // socket closes (Python exited, however it exited), killing the running child first. The child maps
 // the arguments into their guard windows and runs the launch in the module (gpt2cpu_launch with
 // isolate=2), which reads everything else from the arena.
-#include "runtime/abi.h"
+#include "gpt2cpu/abi.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -108,7 +108,7 @@ bool wait_child(int sock, pid_t pid, int* status) {
 
 int main(int argc, char** argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: launcher SOCKET_FD ARENA_FD ARENA_BYTES (started by helpers.cpu_backend)\n");
+        fprintf(stderr, "usage: launcher SOCKET_FD ARENA_FD ARENA_BYTES (started by helpers.runtime.cpu_backend)\n");
         return 2;
     }
     int sock = atoi(argv[1]), arena_fd = atoi(argv[2]);

@@ -1,10 +1,10 @@
 """The memory a CPU-backend launch runs on: one shared "arena" file that this process and the launch
-process both map. Its header (runtime/abi.h) holds the launch's report, the tables of its arguments,
+process both map. Its header (gpt2cpu/abi.h) holds the launch's report, the tables of its arguments,
 windows and globals, and its printf records; then every array argument's pages.
 
 The arena is a memfd (Linux) or an unlinked POSIX shared-memory object (macOS and other systems).
 Each array sits against the end of its last page; the launch process maps those pages into the middle
-of a window of inaccessible address space of the argument's own (runtime/memory.h), so a kernel that
+of a window of inaccessible address space of the argument's own (gpt2cpu/memory.h), so a kernel that
 runs in it writes results that Python reads back here at once, and every stray access faults there.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ctypes mirrors of runtime/abi.h, read from that header itself: the constants, the enums and the
+"""The ctypes mirrors of gpt2cpu/abi.h, read from that header itself: the constants, the enums and the
 structs a kernel module, the launcher and Python share are defined once, in C++.
 
 Every module reports sizeof() of its structs when it is loaded, and the launcher is built from the
@@ -10,7 +10,7 @@ import ctypes
 import re
 from pathlib import Path
 
-HEADER = Path(__file__).with_name("runtime") / "abi.h"
+HEADER = Path(__file__).with_name("gpt2cpu") / "abi.h"
 
 _CTYPES = {"int32_t": ctypes.c_int32, "uint32_t": ctypes.c_uint32, "int64_t": ctypes.c_int64,
            "uint64_t": ctypes.c_uint64, "uint8_t": ctypes.c_uint8, "char": ctypes.c_char}

@@ -2,7 +2,7 @@
 
 - ``cupy``: kernels are compiled by NVRTC through CuPy and run on an NVIDIA GPU;
 - ``cpu``: the very same ``.cu`` files are compiled with the system C++ compiler and run on the
-  CPU with CUDA semantics (see ``helpers/cpu_backend``).
+  CPU with CUDA semantics (see ``helpers/runtime/cpu_backend``).
 
 The backend is chosen at import: ``GPT2_DEVICE=cpu|cupy`` if set, else CuPy when a CUDA device is
 usable, else the CPU. On both, every launch is checked against the kernel's C signature first,

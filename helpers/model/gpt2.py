@@ -16,238 +16,25 @@ is padded to a multiple of 128 for the kernels (llm.c: 50257 -> 50304), the padd
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from . import device, fast_numpy
-from .ops import adamw as adamw_ops
-from .ops import attention as attention_ops
-from .ops import classifier as classifier_ops
-from .ops import encoder as encoder_ops
-from .ops import gelu as gelu_ops
-from .ops import kv_cache as kv_cache_ops
-from .ops import layernorm as layernorm_ops
-from .ops import matmul as matmul_ops
+from ..runtime import device
+from ..ops import adamw as adamw_ops
+from . import checkpoints
+from .backends import CudaOps, NumpyOps
+from .generate import generate
+from .layout import (NO_GRADIENT, FlatBuffer, GPT2Config, activation_gradient_shapes, activation_shapes,
+                     parameter_shapes)
 
-
-@dataclass(frozen=True)
-class GPT2Config:
-    vocab_size: int = 50257
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-
-    def __post_init__(self):
-        for k, v in asdict(self).items():
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"GPT2Config.{k} must be a positive int, got {v!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-
-    @property
-    def padded_vocab_size(self) -> int:
-        return -(-self.vocab_size // 128) * 128
-
-
-def parameter_shapes(cfg: GPT2Config) -> dict[str, tuple]:
-    """llm.c's 16 parameter tensors, in its order (the layout of its gpt2_124M.bin)."""
-    L, C, Vp, maxT = cfg.n_layer, cfg.n_embd, cfg.padded_vocab_size, cfg.block_size
-    return {"wte": (Vp, C), "wpe": (maxT, C), "ln1w": (L, C), "ln1b": (L, C), "qkvw": (L, 3 * C, C),
-            "qkvb": (L, 3 * C), "attprojw": (L, C, C), "attprojb": (L, C), "ln2w": (L, C), "ln2b": (L, C),
-            "fcw": (L, 4 * C, C), "fcb": (L, 4 * C), "fcprojw": (L, C, 4 * C), "fcprojb": (L, C),
-            "lnfw": (C,), "lnfb": (C,)}
-
-
-def activation_shapes(cfg: GPT2Config, B: int, T: int, attention_version: int) -> dict[str, tuple]:
-    """What the forward pass keeps for the backward pass (and the backward's scratch mirrors it)."""
-    L, C, NH, Vp = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size
-    att = {"att": (L, B, NH, T, T)} if attention_version == 1 else {"lse": (L, B, NH, T)}
-    return {"encoded": (B, T, C), "ln1": (L, B, T, C), "ln1_mean": (L, B, T), "ln1_rstd": (L, B, T),
-            "qkv": (L, B, T, 3 * C), "atty": (L, B, T, C), **att, "attproj": (L, B, T, C),
-            "residual2": (L, B, T, C), "ln2": (L, B, T, C), "ln2_mean": (L, B, T), "ln2_rstd": (L, B, T),
-            "fch": (L, B, T, 4 * C), "fch_gelu": (L, B, T, 4 * C), "fcproj": (L, B, T, C),
-            "residual3": (L, B, T, C), "lnf": (B, T, C), "lnf_mean": (B, T), "lnf_rstd": (B, T),
-            "logits": (B, T, Vp), "dlogits": (B, T, Vp), "losses": (B, T)}
-
-
-NO_GRADIENT = ("logits", "dlogits", "losses", "lnf_mean", "lnf_rstd", "ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd",
-               "att", "lse")  # activations the backward pass needs no gradient buffer for
-
-
-def activation_gradient_shapes(shapes: dict[str, tuple]) -> dict[str, tuple]:
-    return {k: s for k, s in shapes.items() if k not in NO_GRADIENT}
-
-
-class FlatBuffer:
-    """One allocation carved into named views (llm.c's malloc_and_point). Each view starts at a multiple
-    of 256 bytes, as cudaMalloc's allocations do, so kernels may load it with float4."""
-    ALIGN = 64  # floats
-
-    def __init__(self, shapes: dict[str, tuple], xp, fill=0.0):
-        self.shapes = shapes
-        self.sizes = {k: int(np.prod(s)) for k, s in shapes.items()}
-        self.offsets, offset = {}, 0
-        for k in shapes:
-            self.offsets[k] = offset
-            offset += -(-self.sizes[k] // self.ALIGN) * self.ALIGN
-        self.numel = offset
-        self.memory = xp.full(self.numel, fill, dtype=np.float32)
-        self.views = {k: self.memory[o:o + self.sizes[k]].reshape(shapes[k]) for k, o in self.offsets.items()}
-
-    def __getitem__(self, k):
-        return self.views[k]
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * 4
+__all__ = ["GPT2", "GPT2Config", "AdamW", "FlatBuffer", "parameter_shapes", "activation_shapes",
+           "activation_gradient_shapes", "clip_coefficient"]
 
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:10.1f} MiB"
-
-
-# ------------------------------------------------------------------------------------------------
-# The two backends: the same operations, out-parameter style
-# ------------------------------------------------------------------------------------------------
-class NumpyOps:
-    """Every op in NumPy: the references of helpers.ops, and for the five ops that dominate a
-    training step (the matmuls, GELU, the classifier, AdamW, the gradient norm) the same math written
-    in place and over all cores in helpers.fast_numpy (tested against the references)."""
-    name = "numpy"
-    xp = np
-
-    def encoder_forward(self, out, idx, wte, wpe):
-        out[...] = encoder_ops.encoder_forward(wte, wpe, idx)
-
-    def encoder_backward(self, dwte, dwpe, dout, idx, idx_host=None):
-        encoder_ops.encoder_backward(dwte, dwpe, dout, idx)
-
-    def layernorm_forward(self, out, mean, rstd, x, w, b):
-        o, m, r = layernorm_ops.layernorm_forward(x, w, b)
-        out[...], mean[...], rstd[...] = o, m, r
-
-    def layernorm_backward(self, dx, dw, db, dout, x, w, mean, rstd):
-        layernorm_ops.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd)
-
-    def matmul_forward(self, out, x, w, b):
-        fast_numpy.matmul_forward(out, x, w, b)
-
-    def matmul_backward(self, dx, dw, db, dout, x, w):
-        matmul_ops.matmul_backward(dx, dw, db, dout, x, w)
-
-    def attention_forward(self, out, qkv, n_head, att=None, lse=None):
-        o, probs = attention_ops.attention_forward(qkv, n_head)
-        out[...], att[...] = o, probs
-
-    def attention_backward(self, dqkv, dout, qkv, out, n_head, att=None, lse=None):
-        attention_ops.attention_backward(dqkv, dout, qkv, att, n_head)
-
-    def gelu_forward(self, out, x):
-        fast_numpy.gelu_forward(out, x)
-
-    def gelu_backward(self, dx, dout, x):
-        fast_numpy.gelu_backward(dx, dout, x)
-
-    def residual_forward(self, out, a, b):
-        out[...] = gelu_ops.residual_forward(a, b)
-
-    def residual_backward(self, da, db, dout):
-        gelu_ops.residual_backward(da, db, dout)
-
-    def classifier(self, losses, dlogits, logits, targets, V, dloss):
-        fast_numpy.classifier(losses, dlogits, logits, targets, V, dloss)
-
-    def adamw(self, p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale):
-        fast_numpy.adamw(p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale)
-
-    def norm_squared(self, flat):
-        return fast_numpy.norm_squared(flat)
-
-    def kv_append(self, k_cache, v_cache, qkv, pos):
-        kv_cache_ops.append_reference(k_cache, v_cache, qkv, pos)
-
-    def attention_decode(self, out, qkv, k_cache, v_cache, pos):
-        out[...] = kv_cache_ops.attention_decode_reference(qkv, k_cache, v_cache, pos).reshape(out.shape)
-
-
-class CudaOps:
-    """Every op through the kernels of cuda/, on the active device (CuPy or the CPU backend).
-
-    The fastest version of each op whose shape assumptions the config meets: the float4 versions
-    need n_embd to be a multiple of 4; attention version 3 (tiled, online softmax) never stores the
-    (T, T) matrices; every version used here is deterministic (no float atomics)."""
-    name = "cuda"
-
-    def __init__(self, config: GPT2Config, versions: dict | None = None):
-        self.xp = device.xp
-        vec = config.n_embd % 4 == 0
-        self.v = {"encoder_forward": 2 if vec else 1, "encoder_backward": 2, "layernorm_forward": 3 if vec else 2,
-                  "layernorm_backward": 2, "matmul_forward": 3 if vec else 2, "matmul_backward": None,
-                  "attention": 3, "gelu": 2 if vec else 1, "residual": 2 if vec else 1, "classifier": 3,
-                  "adamw": 2 if vec else 1, "norm": 2, **(versions or {})}
-        self.attention_version = self.v["attention"]
-
-    def encoder_forward(self, out, idx, wte, wpe):
-        encoder_ops.forward(out, idx, wte, wpe, version=self.v["encoder_forward"])
-
-    def encoder_backward(self, dwte, dwpe, dout, idx, idx_host=None):
-        encoder_ops.backward(dwte, dwpe, dout, idx, version=self.v["encoder_backward"], idx_host=idx_host)
-
-    def layernorm_forward(self, out, mean, rstd, x, w, b):
-        layernorm_ops.forward(out, mean, rstd, x, w, b, version=self.v["layernorm_forward"])
-
-    def layernorm_backward(self, dx, dw, db, dout, x, w, mean, rstd):
-        layernorm_ops.backward(dx, dw, db, dout, x, w, mean, rstd, version=self.v["layernorm_backward"])
-
-    def matmul_forward(self, out, x, w, b):
-        # one row (a generation step): the naive kernel, one thread per output; a 128x128 tile would be
-        # 127/128 idle
-        version = 1 if x.size == x.shape[-1] else self.v["matmul_forward"]
-        matmul_ops.forward(out, x, w, b, version=version)
-
-    def matmul_backward(self, dx, dw, db, dout, x, w):
-        kw = {} if self.v["matmul_backward"] is None else {"version": self.v["matmul_backward"]}
-        matmul_ops.backward(dx, dw, db, dout, x, w, **kw)
-
-    def attention_forward(self, out, qkv, n_head, att=None, lse=None):
-        attention_ops.forward(out, qkv, n_head, version=self.attention_version,
-                              **({"att": att} if self.attention_version == 1 else {"lse": lse}))
-
-    def attention_backward(self, dqkv, dout, qkv, out, n_head, att=None, lse=None):
-        attention_ops.backward(dqkv, dout, qkv, out, n_head, version=self.attention_version,
-                               **({"att": att} if self.attention_version == 1 else {"lse": lse}))
-
-    def gelu_forward(self, out, x):
-        gelu_ops.forward(out, x, version=self.v["gelu"])
-
-    def gelu_backward(self, dx, dout, x):
-        gelu_ops.backward(dx, dout, x, version=self.v["gelu"])
-
-    def residual_forward(self, out, a, b):
-        gelu_ops.residual_forward(out, a, b, version=self.v["residual"])
-
-    def residual_backward(self, da, db, dout):
-        gelu_ops.residual_backward(da, db, dout, version=self.v["residual"])
-
-    def classifier(self, losses, dlogits, logits, targets, V, dloss):
-        # (the targets were checked on the host by GPT2._check_tokens)
-        classifier_ops.fused_classifier(losses, dlogits, logits, targets, V, dloss, version=self.v["classifier"],
-                                        check_targets=False)
-
-    def adamw(self, p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale):
-        adamw_ops.adamw(p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale=grad_scale, version=self.v["adamw"])
-
-    def norm_squared(self, flat):
-        return float(adamw_ops.global_norm_squared(flat, version=self.v["norm"]))
-
-    def kv_append(self, k_cache, v_cache, qkv, pos):
-        kv_cache_ops.append(k_cache, v_cache, qkv, pos)
-
-    def attention_decode(self, out, qkv, k_cache, v_cache, pos):
-        kv_cache_ops.attention_decode(out, qkv, k_cache, v_cache, pos)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -453,11 +240,9 @@ class GPT2:
 
     @classmethod
     def from_pretrained(cls, name_or_path, backend: str = "numpy") -> "GPT2":
-        from . import checkpoints
         return cls.from_tensors(*checkpoints.load_hf(name_or_path), backend=backend)
 
     def save_pretrained(self, directory) -> Path:
-        from . import checkpoints
         return checkpoints.save_hf(self, directory)
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -471,17 +256,14 @@ class GPT2:
         cache (default) each token costs one position's work; a prompt longer than the context is cropped
         to its last block_size tokens (with a warning), and when the context fills up the cache
         restarts from the last half of it."""
-        from .generate import generate
         return generate(self, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_token)
 
     @classmethod
     def from_llmc(cls, path, backend: str = "numpy") -> "GPT2":
         """A model from llm.c's gpt2_124M.bin format."""
-        from . import checkpoints
         return cls.from_tensors(*checkpoints.read_llmc(path), backend=backend)
 
     def save_llmc(self, path) -> Path:
-        from . import checkpoints
         return checkpoints.write_llmc(self, path)
 
 

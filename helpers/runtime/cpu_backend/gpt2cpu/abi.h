@@ -1,6 +1,6 @@
 // abi.h: what a kernel module, the launcher process and the Python side share: the constants, the
 // launch configuration, the report of a launch and the layout of the arena's header. Defined once,
-// here: helpers/cpu_backend/abi.py reads this file and builds its ctypes mirrors from it, and each
+// here: helpers/runtime/cpu_backend/abi.py reads this file and builds its ctypes mirrors from it, and each
 // module reports sizeof() of these structs so that a mismatch is an error, not a wrong result.
 //
 // Rules that keep this file readable by abi.py: fields are `type name;` or `type name[N];` with the

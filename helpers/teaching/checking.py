@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..runtime.device import asnumpy
+
 FLT_EPSILON = float(np.finfo(np.float32).eps)
 
 
@@ -11,8 +13,6 @@ def check(name: str, out, ref, atol: float = 1e-5, rtol: float = FLT_EPSILON) ->
 
     Every element must satisfy |ref - out| <= atol + rtol * |ref|; NaN or inf where the reference
     is finite always fails. Returns the largest absolute error."""
-    from .device import asnumpy
-
     out = np.asarray(asnumpy(out), dtype=np.float64)
     ref = np.asarray(asnumpy(ref), dtype=np.float64)
     if out.shape != ref.shape:

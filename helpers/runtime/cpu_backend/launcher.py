@@ -18,7 +18,7 @@ from . import cache
 from . import abi
 
 SOURCE = Path(__file__).with_name("launcher.cpp")
-ABI = Path(__file__).with_name("runtime") / "abi.h"
+ABI = Path(__file__).with_name("gpt2cpu") / "abi.h"
 MAGIC = abi.kLauncherMagic
 Request, Reply = abi.LauncherRequest, abi.LauncherReply
 REPLY_PID, REPLY_STATUS = abi.REPLY_PID, abi.REPLY_STATUS

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import device
+from ..runtime import device
 
 @dataclass
 class Measurement:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = REPO_ROOT / "cuda"
 
 

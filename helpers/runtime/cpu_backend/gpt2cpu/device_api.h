@@ -1,5 +1,5 @@
 // device_api.h: what a kernel sees: threadIdx and friends, barriers, shared memory declarations
-// (as rewritten by helpers/cpu_backend), printf and assert (the math and the intrinsics: intrinsics.h).
+// (as rewritten by helpers/runtime/cpu_backend), printf and assert (the math and the intrinsics: intrinsics.h).
 #pragma once
 
 #define threadIdx (::gpt2cpu::self()->thread_idx)

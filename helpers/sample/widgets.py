@@ -1,6 +1,6 @@
 """An in-notebook sampling widget: type a prompt, set the knobs, press Generate, watch the text stream.
 
-    from helpers.widgets import sampling_widget
+    from helpers.sample.widgets import sampling_widget
     sampling_widget(model)              # or sampling_widget({"trained": model, "GPT-2 124M": loader})
 
 Generation runs in a background thread, so the notebook stays responsive and Stop can end it mid-way;
@@ -19,7 +19,8 @@ import time
 import ipywidgets as W
 import numpy as np
 
-from .generate import EOT, check_sampling
+from ..model.generate import EOT, check_sampling
+from ..train.data import tokenizer as gpt2_tokenizer
 
 
 class SamplingWidget(W.VBox):
@@ -27,7 +28,6 @@ class SamplingWidget(W.VBox):
         if not models:
             raise ValueError("sampling_widget needs at least one model")
         if tokenizer is None:
-            from .data import tokenizer as gpt2_tokenizer
             tokenizer = gpt2_tokenizer()
         self.models, self.tokenizer = dict(models), tokenizer
         self._loaded: dict = {}

@@ -19,7 +19,7 @@ only compiles on the CPU backend: NVRTC has no `cuda_runtime.h` and no `M_PI`.
 
     from helpers import nvrtc_report
     nvrtc_report.show("vector_add.cu")          # in a notebook
-    python -m helpers.nvrtc_report --include-tests   # every kernel; exit status 1 on errors or spills
+    python -m helpers.runtime.nvrtc_report --include-tests   # every kernel; exit status 1 on errors or spills
 """
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def show(*names, archs=ARCHS) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.nvrtc_report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.runtime.nvrtc_report", description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="*", help="files to compile (default: every .cu file in cuda/)")
     parser.add_argument("--arch", nargs="+", default=None,
                         help=f"architectures (default: those of {' '.join(ALL_ARCHS)} this NVRTC supports)")

@@ -11,7 +11,8 @@ import warnings
 
 import numpy as np
 
-from . import device
+from ..runtime import device
+from .layout import FlatBuffer
 
 EOT = 50256  # <|endoftext|>
 
@@ -72,7 +73,6 @@ class KVCache:
     """Per-layer keys and values of the positions seen so far, plus the one-row activations of a step."""
 
     def __init__(self, model):
-        from .gpt2 import FlatBuffer
         cfg = model.config
         L, NH, C, maxT = cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size
         hs = C // NH

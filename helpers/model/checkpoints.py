@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .layout import GPT2Config, parameter_shapes
+
 LLMC_MAGIC, LLMC_FP32, LLMC_BF16 = 20240326, 3, 5
 
 # Hugging Face's name for each of our tensors (per layer with {l}); their Conv1D weights are (in, out).
@@ -63,7 +65,6 @@ def load_hf(name_or_path):
     """(GPT2Config, llm.c-layout tensors) from a Hugging Face GPT-2 directory or hub name."""
     from safetensors.numpy import load_file
 
-    from .gpt2 import GPT2Config, parameter_shapes
     path = _resolve_hf(name_or_path)
     for f in ("config.json", "model.safetensors"):
         if not (path / f).is_file():
@@ -169,7 +170,6 @@ def read_llmc_header(path, magic: int, versions: dict, what: str):
 
 def read_llmc(path):
     """(GPT2Config, tensors) from an llm.c model file (fp32, or bf16 widened to fp32)."""
-    from .gpt2 import GPT2Config, parameter_shapes
     header, data = read_llmc_header(path, LLMC_MAGIC, {LLMC_FP32: "fp32", LLMC_BF16: "bf16"}, "llm.c model file")
     maxT, V, L, NH, C, Vp = (int(x) for x in header[2:8])
     config = GPT2Config(vocab_size=V, block_size=maxT, n_layer=L, n_head=NH, n_embd=C)

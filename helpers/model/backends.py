@@ -1,0 +1,157 @@
+"""The two backends of the model: the same operations, out-parameter style. `NumpyOps` runs the
+NumPy references of helpers.ops (and helpers.model.fast_numpy's in-place versions of the hot ops),
+`CudaOps` the kernels of cuda/ on the active device."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..runtime import device
+from . import fast_numpy
+from .layout import GPT2Config
+from ..ops import adamw as adamw_ops
+from ..ops import attention as attention_ops
+from ..ops import classifier as classifier_ops
+from ..ops import encoder as encoder_ops
+from ..ops import gelu as gelu_ops
+from ..ops import kv_cache as kv_cache_ops
+from ..ops import layernorm as layernorm_ops
+from ..ops import matmul as matmul_ops
+
+
+class NumpyOps:
+    """Every op in NumPy: the references of helpers.ops, and for the five ops that dominate a
+    training step (the matmuls, GELU, the classifier, AdamW, the gradient norm) the same math written
+    in place and over all cores in helpers.model.fast_numpy (tested against the references)."""
+    name = "numpy"
+    xp = np
+
+    def encoder_forward(self, out, idx, wte, wpe):
+        out[...] = encoder_ops.encoder_forward(wte, wpe, idx)
+
+    def encoder_backward(self, dwte, dwpe, dout, idx, idx_host=None):
+        encoder_ops.encoder_backward(dwte, dwpe, dout, idx)
+
+    def layernorm_forward(self, out, mean, rstd, x, w, b):
+        o, m, r = layernorm_ops.layernorm_forward(x, w, b)
+        out[...], mean[...], rstd[...] = o, m, r
+
+    def layernorm_backward(self, dx, dw, db, dout, x, w, mean, rstd):
+        layernorm_ops.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd)
+
+    def matmul_forward(self, out, x, w, b):
+        fast_numpy.matmul_forward(out, x, w, b)
+
+    def matmul_backward(self, dx, dw, db, dout, x, w):
+        matmul_ops.matmul_backward(dx, dw, db, dout, x, w)
+
+    def attention_forward(self, out, qkv, n_head, att=None, lse=None):
+        o, probs = attention_ops.attention_forward(qkv, n_head)
+        out[...], att[...] = o, probs
+
+    def attention_backward(self, dqkv, dout, qkv, out, n_head, att=None, lse=None):
+        attention_ops.attention_backward(dqkv, dout, qkv, att, n_head)
+
+    def gelu_forward(self, out, x):
+        fast_numpy.gelu_forward(out, x)
+
+    def gelu_backward(self, dx, dout, x):
+        fast_numpy.gelu_backward(dx, dout, x)
+
+    def residual_forward(self, out, a, b):
+        out[...] = gelu_ops.residual_forward(a, b)
+
+    def residual_backward(self, da, db, dout):
+        gelu_ops.residual_backward(da, db, dout)
+
+    def classifier(self, losses, dlogits, logits, targets, V, dloss):
+        fast_numpy.classifier(losses, dlogits, logits, targets, V, dloss)
+
+    def adamw(self, p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale):
+        fast_numpy.adamw(p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale)
+
+    def norm_squared(self, flat):
+        return fast_numpy.norm_squared(flat)
+
+    def kv_append(self, k_cache, v_cache, qkv, pos):
+        kv_cache_ops.append_reference(k_cache, v_cache, qkv, pos)
+
+    def attention_decode(self, out, qkv, k_cache, v_cache, pos):
+        out[...] = kv_cache_ops.attention_decode_reference(qkv, k_cache, v_cache, pos).reshape(out.shape)
+
+
+class CudaOps:
+    """Every op through the kernels of cuda/, on the active device (CuPy or the CPU backend).
+
+    The fastest version of each op whose shape assumptions the config meets: the float4 versions
+    need n_embd to be a multiple of 4; attention version 3 (tiled, online softmax) never stores the
+    (T, T) matrices; every version used here is deterministic (no float atomics)."""
+    name = "cuda"
+
+    def __init__(self, config: GPT2Config, versions: dict | None = None):
+        self.xp = device.xp
+        vec = config.n_embd % 4 == 0
+        self.v = {"encoder_forward": 2 if vec else 1, "encoder_backward": 2, "layernorm_forward": 3 if vec else 2,
+                  "layernorm_backward": 2, "matmul_forward": 3 if vec else 2, "matmul_backward": None,
+                  "attention": 3, "gelu": 2 if vec else 1, "residual": 2 if vec else 1, "classifier": 3,
+                  "adamw": 2 if vec else 1, "norm": 2, **(versions or {})}
+        self.attention_version = self.v["attention"]
+
+    def encoder_forward(self, out, idx, wte, wpe):
+        encoder_ops.forward(out, idx, wte, wpe, version=self.v["encoder_forward"])
+
+    def encoder_backward(self, dwte, dwpe, dout, idx, idx_host=None):
+        encoder_ops.backward(dwte, dwpe, dout, idx, version=self.v["encoder_backward"], idx_host=idx_host)
+
+    def layernorm_forward(self, out, mean, rstd, x, w, b):
+        layernorm_ops.forward(out, mean, rstd, x, w, b, version=self.v["layernorm_forward"])
+
+    def layernorm_backward(self, dx, dw, db, dout, x, w, mean, rstd):
+        layernorm_ops.backward(dx, dw, db, dout, x, w, mean, rstd, version=self.v["layernorm_backward"])
+
+    def matmul_forward(self, out, x, w, b):
+        # one row (a generation step): the naive kernel, one thread per output; a 128x128 tile would be
+        # 127/128 idle
+        version = 1 if x.size == x.shape[-1] else self.v["matmul_forward"]
+        matmul_ops.forward(out, x, w, b, version=version)
+
+    def matmul_backward(self, dx, dw, db, dout, x, w):
+        kw = {} if self.v["matmul_backward"] is None else {"version": self.v["matmul_backward"]}
+        matmul_ops.backward(dx, dw, db, dout, x, w, **kw)
+
+    def attention_forward(self, out, qkv, n_head, att=None, lse=None):
+        attention_ops.forward(out, qkv, n_head, version=self.attention_version,
+                              **({"att": att} if self.attention_version == 1 else {"lse": lse}))
+
+    def attention_backward(self, dqkv, dout, qkv, out, n_head, att=None, lse=None):
+        attention_ops.backward(dqkv, dout, qkv, out, n_head, version=self.attention_version,
+                               **({"att": att} if self.attention_version == 1 else {"lse": lse}))
+
+    def gelu_forward(self, out, x):
+        gelu_ops.forward(out, x, version=self.v["gelu"])
+
+    def gelu_backward(self, dx, dout, x):
+        gelu_ops.backward(dx, dout, x, version=self.v["gelu"])
+
+    def residual_forward(self, out, a, b):
+        gelu_ops.residual_forward(out, a, b, version=self.v["residual"])
+
+    def residual_backward(self, da, db, dout):
+        gelu_ops.residual_backward(da, db, dout, version=self.v["residual"])
+
+    def classifier(self, losses, dlogits, logits, targets, V, dloss):
+        # (the targets were checked on the host by GPT2._check_tokens)
+        classifier_ops.fused_classifier(losses, dlogits, logits, targets, V, dloss, version=self.v["classifier"],
+                                        check_targets=False)
+
+    def adamw(self, p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale):
+        adamw_ops.adamw(p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale=grad_scale, version=self.v["adamw"])
+
+    def norm_squared(self, flat):
+        return float(adamw_ops.global_norm_squared(flat, version=self.v["norm"]))
+
+    def kv_append(self, k_cache, v_cache, qkv, pos):
+        kv_cache_ops.append(k_cache, v_cache, qkv, pos)
+
+    def attention_decode(self, out, qkv, k_cache, v_cache, pos):
+        kv_cache_ops.attention_decode(out, qkv, k_cache, v_cache, pos)
+
