@@ -35,7 +35,7 @@ batches = [loader.next_batch() for _ in range(steps)]
 times, losses = [], []
 if which == "ours":
     from helpers.model.gpt2 import GPT2, AdamW, GPT2Config
-    from helpers.ops.adamw import clip_coefficient
+    from helpers.ops.global_norm import clip_coefficient
     model = GPT2(GPT2Config(**config), backend="numpy", seed=0)
     opt = AdamW(model, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     for x, y in batches:

@@ -61,6 +61,8 @@
 //
 // Index arithmetic is 32-bit: the wrappers in helpers/ops/attention.py check that every index fits.
 
+#include "common.cuh"  // warp_sum, warp_max
+
 #define NEG_INF __int_as_float(0xff800000)
 #define MAX_PER_LANE 4  // versions 2 and 3: a lane holds at most 4 channels of a head, so hs <= 4 * 32 = 128
 
@@ -234,14 +236,6 @@ extern "C" __global__ void attention_backward1_dkdv(float* dqkv, const float* ds
 // ------------------------------------------------------------------------------------------------
 // version 2: fused, one warp per row, online softmax, nothing (T, T) in memory
 // ------------------------------------------------------------------------------------------------
-
-// The sum of v over the 32 lanes, in every lane (butterfly: see notebook 00's exercise).
-__device__ float warp_sum(float v) {
-    for (int lane_mask = 16; lane_mask > 0; lane_mask /= 2) {
-        v += __shfl_xor_sync(0xffffffff, v, lane_mask);
-    }
-    return v;
-}
 
 // One warp per (b, h, t): out[b, t, head h] and lse[b, h, t]. Rows are numbered row = (b*NH + h)*T + t,
 // warp w of block x takes row x * (blockDim.x / 32) + w; blockDim.x must be a multiple of 32.
@@ -461,14 +455,6 @@ extern "C" __global__ void attention_backward2_dkdv(float* dqkv, const float* do
 // ------------------------------------------------------------------------------------------------
 // version 3: tiled, K/V tiles in shared memory, one key per lane
 // ------------------------------------------------------------------------------------------------
-
-// The maximum of v over the 32 lanes, in every lane.
-__device__ float warp_max(float v) {
-    for (int lane_mask = 16; lane_mask > 0; lane_mask /= 2) {
-        v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, lane_mask));
-    }
-    return v;
-}
 
 // A block of NW = blockDim.x / 32 warps takes NW consecutive query rows t0 .. t0 + NW - 1 of one
 // (b, h) = blockIdx.y (b * NH + h), t0 = blockIdx.x * NW; warp w takes row t0 + w. The keys come in

@@ -11,76 +11,51 @@
 //
 // All kernels need blockDim.x to be a multiple of 32 (whole warps: the wrapper checks it).
 //
-// version 0, global_norm0 (what NOT to do): each block reduces its elements' squares and adds its
+// version 1, global_norm1 (what NOT to do): each block reduces its elements' squares and adds its
 //     partial sum to out[0] with atomicAdd. One launch, short, and wrong in a subtle way: the blocks
 //     finish in an order that changes from run to run, so the float additions into out[0] happen in
 //     a different order each time and the last bits of the norm change. device.racecheck catches it.
-// version 1, global_norm1: each block reduces its elements' squares (one element per thread) and
+// version 2, global_norm2: each block reduces its elements' squares (one element per thread) and
 //     writes its partial sum to partials[blockIdx.x]: no two blocks write the same place. A second
 //     launch, global_norm_sum_partials, sums the partials in one block in a fixed order. Two
 //     launches instead of one, but the same bits every time. The number of partials grows with n
 //     (124M parameters / 512 threads = 243 047 partials for GPT-2), and so does the second launch.
-// version 2, global_norm2: a FIXED number of blocks (the wrapper's choice, at most 256 here) walks
+// version 3, global_norm3: a FIXED number of blocks (the wrapper's choice, at most 512) walks
 //     the whole array in a grid-stride loop, each thread adding up many elements in a register
 //     first, loaded four at a time with float4. The partials buffer has a fixed size whatever n is,
 //     the second launch is tiny, and there are 4x fewer loads. Each block ADDS its sum to
 //     partials[blockIdx.x] (+=): the gradients of several tensors can be reduced by one launch per
 //     tensor into the same partials (launches run one after the other: still deterministic, as in
 //     llm.c's global_norm.cuh). n must be a multiple of 4 (the wrapper checks it).
-// global_norm_sum_partials: the second launch of versions 1 and 2. ONE block: thread k adds
+// global_norm_sum_partials: the second launch of versions 2 and 3. ONE block: thread k adds
 //     partials k, k + blockDim.x, k + 2 blockDim.x, ... in that order, then the block reduction.
 
-// The sum of `v` over the 32 lanes of a warp, in lane 0 (as in reduce_sum.cu).
-__device__ float warp_reduce_sum(float v) {
-    for (int offset = 16; offset > 0; offset /= 2) {
-        v += __shfl_down_sync(0xffffffff, v, offset);
-    }
-    return v;
-}
+#include "common.cuh"  // block_sum: the order of its additions is fixed by lane and warp numbers
 
-// The sum of `v` over the whole block, in thread 0: each warp reduces with shuffles, lane 0 of each
-// warp writes its sum to shared memory, then warp 0 reduces those. The order of the additions is
-// fixed by the lane and warp numbers, never by timing. Every thread of the block must call it, once
-// per kernel (the shared array is not reused).
-__device__ float block_reduce_sum(float v) {
-    __shared__ float warp_sums[32];  // at most 1024 / 32 warps
-    int lane = threadIdx.x % 32;
-    int warp = threadIdx.x / 32;
-    int num_warps = blockDim.x / 32;
-    v = warp_reduce_sum(v);
-    if (lane == 0) {
-        warp_sums[warp] = v;
-    }
-    __syncthreads();  // warp 0 reads what the other warps wrote
-    if (warp == 0) {
-        v = (lane < num_warps) ? warp_sums[lane] : 0.0f;
-        v = warp_reduce_sum(v);
-    }
-    return v;  // the total in thread 0
-}
-
-// version 0: one atomicAdd per block into out[0] (the caller zeroes it). NOT deterministic.
-extern "C" __global__ void global_norm0(const float* x, float* out, int n) {
+// version 1: one atomicAdd per block into out[0] (the caller zeroes it). NOT deterministic.
+extern "C" __global__ void global_norm1(const float* x, float* out, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     float g = (i < n) ? x[i] : 0.0f;  // no early return: every thread must reach the barrier
-    float block_sum = block_reduce_sum(g * g);
+    __shared__ float scratch[32];
+    float partial = block_sum(g * g, scratch);
     if (threadIdx.x == 0) {
-        atomicAdd(out, block_sum);  // the blocks add in whatever order they finish
+        atomicAdd(out, partial);  // the blocks add in whatever order they finish
     }
 }
 
-// version 1: one element per thread, one partial sum per block in partials[blockIdx.x].
-extern "C" __global__ void global_norm1(const float* x, float* partials, int n) {
+// version 2: one element per thread, one partial sum per block in partials[blockIdx.x].
+extern "C" __global__ void global_norm2(const float* x, float* partials, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     float g = (i < n) ? x[i] : 0.0f;
-    float block_sum = block_reduce_sum(g * g);
+    __shared__ float scratch[32];
+    float partial = block_sum(g * g, scratch);
     if (threadIdx.x == 0) {
-        partials[blockIdx.x] = block_sum;  // each block its own slot: no race, no atomics
+        partials[blockIdx.x] = partial;  // each block its own slot: no race, no atomics
     }
 }
 
-// version 2: grid-stride loop with float4 loads over n / 4 groups; partials[blockIdx.x] += block sum.
-extern "C" __global__ void global_norm2(const float* x, float* partials, int n) {
+// version 3: grid-stride loop with float4 loads over n / 4 groups; partials[blockIdx.x] += block sum.
+extern "C" __global__ void global_norm3(const float* x, float* partials, int n) {
     const float4* x4 = reinterpret_cast<const float4*>(x);
     int n4 = n / 4;  // n % 4 == 0, checked by the wrapper
     float acc = 0.0f;
@@ -88,19 +63,21 @@ extern "C" __global__ void global_norm2(const float* x, float* partials, int n) 
         float4 g = x4[i];
         acc += g.x * g.x + g.y * g.y + g.z * g.z + g.w * g.w;
     }
-    float block_sum = block_reduce_sum(acc);
+    __shared__ float scratch[32];
+    float partial = block_sum(acc, scratch);
     if (threadIdx.x == 0) {
-        partials[blockIdx.x] += block_sum;  // accumulates over launches (one per tensor); zeroed by the caller
+        partials[blockIdx.x] += partial;  // accumulates over launches (one per tensor); zeroed by the caller
     }
 }
 
 // The second launch: out[0] = the sum of the n partials, in a fixed order. Launch with ONE block.
 extern "C" __global__ void global_norm_sum_partials(const float* partials, float* out, int n) {
+    __shared__ float scratch[32];
     float acc = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         acc += partials[i];
     }
-    float total = block_reduce_sum(acc);
+    float total = block_sum(acc, scratch);
     if (threadIdx.x == 0) {
         out[0] = total;
     }

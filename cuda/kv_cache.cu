@@ -16,21 +16,7 @@
 
 #define DECODE_BLOCK 128   // threads per block of attention_decode: whole warps
 
-// Block-wide reduction of one float per thread (max or sum); every thread gets the result.
-// `scratch` holds one float per warp. Called by all threads of the block (it has barriers).
-__device__ float block_reduce(float v, float* scratch, bool is_max) {
-    for (int offset = 16; offset > 0; offset /= 2) {
-        float other = __shfl_xor_sync(0xffffffff, v, offset);
-        v = is_max ? fmaxf(v, other) : v + other;
-    }
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float r = scratch[0];
-    for (int w = 1; w < warps; w++) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
-    __syncthreads();  // scratch may be reused by the next call
-    return r;
-}
+#include "common.cuh"  // block_max, block_sum
 
 extern "C" __global__ void kv_cache_append(float* k_cache, float* v_cache, const float* qkv, int pos, int C, int NH,
                                            int maxT) {
@@ -59,14 +45,14 @@ extern "C" __global__ void __launch_bounds__(DECODE_BLOCK) attention_decode(floa
         p[t2] = s;
         local_max = fmaxf(local_max, s);
     }
-    float m = block_reduce(local_max, scratch, true);   // (its barriers also publish p)
+    float m = block_max(local_max, scratch);   // (its barriers also publish p)
     float local_sum = 0.0f;
     for (int t2 = threadIdx.x; t2 <= pos; t2 += blockDim.x) {
         float e = expf(p[t2] - m);
         p[t2] = e;
         local_sum += e;
     }
-    float l = block_reduce(local_sum, scratch, false);
+    float l = block_sum(local_sum, scratch);
     for (int c = threadIdx.x; c < hs; c += blockDim.x) {
         float acc = 0.0f;
         for (int t2 = 0; t2 <= pos; t2++) acc += p[t2] * V[t2 * hs + c];

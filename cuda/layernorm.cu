@@ -45,36 +45,10 @@
 //     kernel, one thread per column, adds the gridDim.x partials in block order 0, 1, 2... into
 //     dbias and dweight. The same inputs give the same bits on every run.
 
-// ------------------------------------------------------------------------------------------------
-// Reductions shared by versions 2 and 3
-// ------------------------------------------------------------------------------------------------
-
-// The sum of v over the 32 lanes of a warp, returned to EVERY lane: at each step lane k adds the
-// value of lane k ^ offset (offset 16, 8, 4, 2, 1), so after 5 steps each lane has added all 32.
-// All 32 lanes must call it (mask 0xffffffff).
-__device__ float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset /= 2) {
-        v += __shfl_xor_sync(0xffffffff, v, offset);
-    }
-    return v;
-}
-
-// The sum of v over the whole block, returned to every thread. blockDim.x must be a multiple of
-// 32. `warp_sums` is 32 floats of shared memory. Every thread of the block must call it (barriers).
-__device__ float block_sum(float v, float* warp_sums) {
-    int lane = threadIdx.x % 32;
-    int warp = threadIdx.x / 32;
-    int num_warps = blockDim.x / 32;
-    v = warp_sum(v);
-    if (lane == 0) {
-        warp_sums[warp] = v;
-    }
-    __syncthreads();  // all warp sums are written before anyone reads them
-    v = (lane < num_warps) ? warp_sums[lane] : 0.0f;
-    v = warp_sum(v);  // every warp reduces the same sums in the same order: the same total everywhere
-    __syncthreads();  // everyone has read warp_sums before a next call overwrites it
-    return v;
-}
+// The reductions of versions 2 and 3, warp_sum and block_sum, are in common.cuh (shared with
+// attention.cu, global_norm.cu and kv_cache.cu): a butterfly of __shfl_xor_sync inside each warp,
+// then, for a block, the warps' sums through 32 floats of shared memory.
+#include "common.cuh"
 
 // ------------------------------------------------------------------------------------------------
 // Forward

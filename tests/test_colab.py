@@ -32,7 +32,7 @@ def test_the_cell_clones_installs_and_moves_into_the_notebooks_folder(tmp_path):
     env = {**os.environ, "GPT2_COLAB_ROOT": str(root), "GPT2_REPOSITORY": REPO_ROOT.as_uri()}
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert (root / "helpers" / "device.py").is_file() and (root / "notebooks").is_dir()
+    assert (root / "helpers" / "runtime" / "device.py").is_file() and (root / "notebooks").is_dir()
     assert f"cwd {root / 'notebooks'}" in proc.stdout and f"path {root}" in proc.stdout
     assert f"--no-deps -e {root}" in proc.stdout and "ready:" in proc.stdout
 

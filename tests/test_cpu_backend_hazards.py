@@ -76,7 +76,7 @@ def test_adamw_on_gpt2_124m_wte_equals_the_reference(version):
     ref = [a.copy() for a in (p, m, v)]
     adamw.adamw_update(ref[0], g, ref[1], ref[2], **settings)
     p, g, m, v = (device.asarray(a) for a in (p, g, m, v))
-    adamw.adamw(p, g, m, v, **settings, version=version)
+    adamw.update(p, g, m, v, **settings, version=version)
     np.testing.assert_allclose(device.asnumpy(m), ref[1], rtol=1e-6, atol=0)
     np.testing.assert_allclose(device.asnumpy(v), ref[2], rtol=1e-6, atol=0)
     np.testing.assert_allclose(device.asnumpy(p), ref[0], rtol=0, atol=1e-7)

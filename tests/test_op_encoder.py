@@ -12,6 +12,7 @@ from helpers.ops import encoder
 from helpers.runtime import device, nvrtc_report
 from helpers.runtime.cuda_source import REPO_ROOT
 from helpers.teaching import gradcheck
+from support import oversized
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -45,7 +46,7 @@ def versions_for(shape, direction):
 # ------------------------------------------------------------------------------------------------
 def test_reference_forward_picks_rows():
     p = make(2, 3, 5, 4, 6)
-    out = encoder.encoder_forward(p.wte, p.wpe, p.idx)
+    out = encoder.encoder_forward(p.idx, p.wte, p.wpe)
     assert out.shape == (2, 3, 5) and out.dtype == np.float32
     for b in range(2):
         for t in range(3):
@@ -72,8 +73,8 @@ def test_reference_backward_matches_finite_differences(seed):
     dwte, dwpe = np.zeros((V, C)), np.zeros((maxT, C))
     encoder.encoder_backward(dwte, dwpe, dout, idx)
     assert dwte.dtype == dwpe.dtype == np.float64
-    num_wte = gradcheck.numerical_gradient(lambda w: encoder.encoder_forward(w, wpe, idx), wte, dout)
-    num_wpe = gradcheck.numerical_gradient(lambda w: encoder.encoder_forward(wte, w, idx), wpe, dout)
+    num_wte = gradcheck.numerical_gradient(lambda w: encoder.encoder_forward(idx, w, wpe), wte, dout)
+    num_wpe = gradcheck.numerical_gradient(lambda w: encoder.encoder_forward(idx, wte, w), wpe, dout)
     gradcheck.assert_gradient("dwte", dwte, num_wte)
     gradcheck.assert_gradient("dwpe", dwpe, num_wpe)
     assert not num_wpe[T:].any(), "rows of wpe past T get no gradient"
@@ -94,7 +95,7 @@ def test_token_buckets_are_stable_and_complete():
 @pytest.mark.parametrize("shape", SHAPES + [ODD_C], ids=str)
 def test_forward_kernels_match_reference(shape):
     p = make(*shape)
-    ref = encoder.encoder_forward(p.wte, p.wpe, p.idx)
+    ref = encoder.encoder_forward(p.idx, p.wte, p.wpe)
     for version in versions_for(shape, "forward"):
         out = device.empty((p.B, p.T, p.C))
         encoder.forward(out, device.asarray(p.idx), device.asarray(p.wte), device.asarray(p.wpe), version=version)
@@ -137,7 +138,7 @@ def test_solution_of_the_exercise():
         out = device.empty((p.B, p.T, p.C))
         args = (out, device.asarray(p.idx), device.asarray(p.wte), device.asarray(p.wpe), p.B, p.T, p.C)
         fn((ceil_div(p.B * p.T, 64),), (64,), args)
-        helpers.check(f"encoder_forward_row {shape}", out, encoder.encoder_forward(p.wte, p.wpe, p.idx))
+        helpers.check(f"encoder_forward_row {shape}", out, encoder.encoder_forward(p.idx, p.wte, p.wpe))
         device.racecheck(fn, (ceil_div(p.B * p.T, 64),), (64,), args)
     rows = nvrtc_report.compile_report([path])
     assert rows and all(not r.spills for r in rows)
@@ -151,34 +152,23 @@ REPEATS = (4, 64, 8, 3, 64)   # 256 positions, 3 tokens: each token about 85 tim
 
 
 def launch_args(p, version, direction):
-    """(kernel, grid, block, args) of each launch that version makes, as the wrapper would."""
-    mod, n = encoder.module(), p.B * p.T * p.C
+    """The launches that version makes, from the op's own `launches` (what the wrappers run)."""
     if direction == "forward":
-        out = device.empty((p.B, p.T, p.C))
-        threads = n if version == 1 else n // 4
-        return [(mod.get_function(f"encoder_forward{version}"), (ceil_div(threads, 256),), (256,),
-                 (out, p.idx, p.wte, p.wpe, p.B, p.T, p.C))]
-    if version == 1:
-        return [(mod.get_function("encoder_backward1"), (ceil_div(n, 256),), (256,),
-                 (p.dwte, p.dwpe, p.dout, p.idx, p.B, p.T, p.C))]
-    token, start, pos = encoder.token_buckets(p.idx)
-    return [(mod.get_function("encoder_backward2_dwpe"), (ceil_div(p.T * p.C, 256),), (256,),
-             (p.dwpe, p.dout, p.B, p.T, p.C)),
-            (mod.get_function("encoder_backward2_dwte"), (ceil_div(len(token) * p.C, 256),), (256,),
-             (p.dwte, p.dout, token, start, pos, len(token), p.C))]
+        return encoder.launches("forward", device.empty((p.B, p.T, p.C)), p.idx, p.wte, p.wpe, version=version)
+    return encoder.launches("backward", p.dwte, p.dwpe, p.dout, p.idx, version=version)
 
 
 @pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", sorted(encoder.VERSIONS["forward"]))
 def test_forward_is_race_free(version, shape):
-    for fn, grid, block, args in launch_args(make(*shape), version, "forward"):
-        device.racecheck(fn, grid, block, args)
+    for launch in launch_args(make(*shape), version, "forward"):
+        device.racecheck(*launch)
 
 
 @pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
 def test_backward2_gives_the_same_bits_in_every_order(shape):
-    for fn, grid, block, args in launch_args(make(*shape), 2, "backward"):
-        device.racecheck(fn, grid, block, args)   # no tolerance: bit-identical
+    for launch in launch_args(make(*shape), 2, "backward"):
+        device.racecheck(*launch)   # no tolerance: bit-identical
 
 
 def atomic_sum_tolerance(p):
@@ -202,14 +192,14 @@ def test_backward1_atomics_agree_within_rounding(shape):
     p = make(*shape)
     atol = atomic_sum_tolerance(p)   # a worst-case bound: 2.0e-3 for REPEATS, whose sums are about 10
     assert atol < 1e-2
-    for fn, grid, block, args in launch_args(p, 1, "backward"):
-        device.racecheck(fn, grid, block, args, atol=atol, rtol=0)
+    for launch in launch_args(p, 1, "backward"):
+        device.racecheck(*launch, atol=atol, rtol=0)
 
 
 def test_backward1_is_not_deterministic_with_repeated_tokens():
-    for fn, grid, block, args in launch_args(make(*REPEATS), 1, "backward"):
+    for launch in launch_args(make(*REPEATS), 1, "backward"):
         with pytest.raises(device.RaceError, match="encoder_backward1"):
-            device.racecheck(fn, grid, block, args)
+            device.racecheck(*launch)
 
 
 @pytest.mark.skipif(device.name != "cpu", reason="the CPU backend's guard pages catch the bad token id")
@@ -256,17 +246,14 @@ def test_wrappers_refuse_wrong_shapes_and_dtypes(direction):
         call(pos=np.zeros((4, 8), np.float32))
     with pytest.raises(ValueError, match=fr"`{aname}` must be C-contiguous"):
         call(activ=np.zeros((2, 8, 5), np.float32).transpose(0, 2, 1))
-    with pytest.raises(ValueError, match=r"no version 3; versions are \[1, 2\]"):
+    with pytest.raises(ValueError, match=r"no version 3; the versions are \[1, 2\]"):
         call(version=3)
 
 
 def test_wrappers_refuse_sizes_past_32_bit_indexing():
-    # a stand-in with the shape of a too-large table (allocating 8 GiB would prove nothing more)
-    big = SimpleNamespace(shape=(2**22, 512), ndim=2, dtype=np.dtype(np.float32),
-                          flags=SimpleNamespace(c_contiguous=True))
+    big = oversized((2**22, 512))   # the shape of a too-large table (allocating 8 GiB would prove nothing more)
     p = make(1, 2, 512, 7, 4)
-    with pytest.raises(ValueError, match=r"32-bit ints: B\*T\*C and V\*C must be below 2\*\*31, got B\*T\*C=1024, "
-                                         r"V\*C=2147483648"):
+    with pytest.raises(ValueError, match=r"32-bit ints: V\*C = 2,147,483,648 must be below 2\^31"):
         encoder.forward(device.empty((1, 2, 512)), p.idx, big, p.wpe, version=1)
 
 

@@ -133,19 +133,16 @@ def device_args(shape):
     x, weight, bias, dout = inputs(shape)
     _, mean, rstd = ln.layernorm_forward(x, weight, bias)
     N, C = int(np.prod(shape[:-1])), shape[-1]
+    x, dout, mean, rstd = x.reshape(N, C), dout.reshape(N, C), mean.reshape(N), rstd.reshape(N)   # N rows
     return N, C, [device.asarray(a) for a in (x, weight, bias, dout, mean, rstd)]
-
-
-def kernel(name):
-    return device.load_module("layernorm.cu").get_function(name)
 
 
 @pytest.mark.parametrize("version, C", [(1, 50), (2, 50), (3, 48)])
 def test_racecheck_forward(version, C):
     N, C, (x, w, b, _, _, _) = device_args((3, 37, C))
     out, mean, rstd = device.empty((N, C)), device.empty(N), device.empty(N)
-    grid, block = {1: ((helpers.ceil_div(N, 64),), (64,)), 2: ((helpers.ceil_div(N, 2),), (64,)), 3: ((N,), (64,))}[version]
-    device.racecheck(kernel(f"layernorm_forward{version}"), grid, block, (out, mean, rstd, x, w, b, N, C, 1e-5))
+    for launch in ln.launches("forward", out, mean, rstd, x, w, b, version=version, block_size=64):
+        device.racecheck(*launch)
 
 
 def test_racecheck_backward1_needs_a_tolerance():
@@ -154,131 +151,20 @@ def test_racecheck_backward1_needs_a_tolerance():
     # comparison to within a few float32 roundings of the sums passes.
     N, C, (x, w, _, dout, mean, rstd) = device_args((3, 37, 50))
     dx, dw, db = device.zeros((N, C)), device.zeros(C), device.zeros(C)
-    args = (dx, dw, db, dout, x, w, mean, rstd, N, C)
-    fn = kernel("layernorm_backward1")
+    [launch] = ln.launches("backward", dx, dw, db, dout, x, w, mean, rstd, version=1, block_size=64)
     with pytest.raises(device.RaceError, match="dweight|dbias"):
-        device.racecheck(fn, (2,), (64,), args)
-    device.racecheck(fn, (2,), (64,), args, atol=1e-5, rtol=1e-5)
+        device.racecheck(*launch)
+    device.racecheck(*launch, atol=1e-5, rtol=1e-5)
 
 
 def test_racecheck_backward2_is_exact():
     N, C, (x, w, _, dout, mean, rstd) = device_args((3, 37, 50))
-    num_blocks = 8
-    scratch = device.zeros((num_blocks, 2, C))
-    device.racecheck(kernel("layernorm_backward2"), (num_blocks,), (64,), (device.zeros((N, C)), scratch, dout, x, w,
-                                                                          mean, rstd, N, C), shared_mem=2 * C * 4)
-    kernel("layernorm_backward2")((num_blocks,), (64,), (device.zeros((N, C)), scratch, dout, x, w, mean, rstd, N, C),
-                                  shared_mem=2 * C * 4)
-    device.racecheck(kernel("layernorm_backward2_reduce"), (1,), (64,), (device.zeros(C), device.zeros(C), scratch,
-                                                                         num_blocks, C))
-
-
-def test_backward2_same_bits_every_run():
-    first, _ = run_backward(2, (3, 37, 48))
-    again, _ = run_backward(2, (3, 37, 48))
-    for a, b in zip(first, again):
-        assert np.array_equal(device.asnumpy(a), device.asnumpy(b))
-
-
-# ------------------------------------------------------------------------------------------------
-# The NumPy reference
-# ------------------------------------------------------------------------------------------------
-def test_reference_forward_normalises_each_row():
-    x, _, _, _ = inputs((4, 6, 32))
-    C = x.shape[-1]
-    out, mean, rstd = ln.layernorm_forward(x.astype(np.float64), np.ones(C), np.zeros(C))
-    assert out.shape == x.shape and mean.shape == rstd.shape == (4, 6)
-    np.testing.assert_allclose(out.mean(-1), 0, atol=1e-12)
-    var = x.astype(np.float64).var(-1)
-    np.testing.assert_allclose(out.var(-1), var / (var + 1e-5), rtol=1e-12)   # 1, shrunk by eps
-    np.testing.assert_allclose(1 / rstd**2 - 1e-5, var, rtol=1e-10)
-    assert ln.layernorm_forward(x, np.ones(C, np.float32), np.zeros(C, np.float32))[0].dtype == np.float32
-
-
-def test_reference_backward_matches_finite_differences():
-    rng = np.random.default_rng(3)
-    shape = (2, 3, 7)
-    x = rng.normal(0.5, 2, shape)
-    weight, bias = rng.normal(1, 0.5, 7), rng.normal(0, 0.5, 7)
-    dout = rng.standard_normal(shape)
-    _, mean, rstd = ln.layernorm_forward(x, weight, bias)
-    start = [rng.standard_normal(a.shape) for a in (x, weight, bias)]   # accumulation onto nonzero values
-    dx, dweight, dbias = (s.copy() for s in start)
-    ln.layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd)
-
-    def out_of(x_, w_, b_):
-        return ln.layernorm_forward(x_, w_, b_)[0]
-
-    gradcheck.assert_gradient("dx", dx - start[0], gradcheck.numerical_gradient(lambda v: out_of(v, weight, bias), x, dout))
-    gradcheck.assert_gradient("dweight", dweight - start[1],
-                              gradcheck.numerical_gradient(lambda v: out_of(x, v, bias), weight, dout))
-    gradcheck.assert_gradient("dbias", dbias - start[2],
-                              gradcheck.numerical_gradient(lambda v: out_of(x, weight, v), bias, dout))
-
-
-# ------------------------------------------------------------------------------------------------
-# Shape assumptions are refused, never silently wrong
-# ------------------------------------------------------------------------------------------------
-def test_forward3_refuses_c_not_a_multiple_of_4():
-    x, weight, bias, _ = inputs((2, 3, 50))
-    with pytest.raises(ValueError, match=r"layernorm_forward3 loads float4: C must be a multiple of 4, got C=50"):
-        run_forward(3, x, weight, bias)
-
-
-def test_forward3_refuses_a_misaligned_array():
-    x, weight, bias, _ = inputs((2, 8))
-    storage = device.zeros(x.size + 1)
-    shifted = storage[1:].reshape(x.shape)   # contiguous, but 4 bytes past a 16-byte boundary
-    shifted[...] = device.asarray(x)
-    weight, bias = device.asarray(weight), device.asarray(bias)
-    with pytest.raises(ValueError, match=r"layernorm_forward3 loads float4: `x` must start at a 16-byte aligned address, but it starts 4 bytes"):
-        ln.forward(device.empty(x.shape), device.empty(2), device.empty(2), shifted, weight, bias, version=3)
-
-
-@pytest.mark.parametrize("call", ["forward2", "forward3", "backward2"])
-def test_warp_level_versions_refuse_partial_warps(call):
-    x, weight, bias, dout = inputs((2, 3, 48))
-    mean, rstd = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
-    with pytest.raises(ValueError, match=r"block_size must be a multiple of 32, got 48"):
-        if call.startswith("forward"):
-            run_forward(int(call[-1]), x, weight, bias, block_size=48)
-        else:
-            ln.backward(np.zeros_like(x), np.zeros(48, np.float32), np.zeros(48, np.float32), dout, x, weight, mean,
-                        rstd, version=2, block_size=48)
-
-
-def test_backward2_refuses_c_beyond_shared_memory():
-    C = ln.BACKWARD2_MAX_C + 1
-    x = device.zeros((1, C))
-    vec, row = device.zeros(C), device.zeros(1)
-    with pytest.raises(ValueError, match=rf"C must be at most {ln.BACKWARD2_MAX_C}, got C={C}"):
-        ln.backward(device.zeros((1, C)), vec, vec.copy(), x, x, vec, row, row, version=2)
-    ln.backward(device.zeros((1, C)), vec, vec.copy(), x, x, vec, row, row, version=1)   # version 1 takes any C
-
-
-def test_wrong_shapes_and_versions_are_refused():
-    x, weight, bias, dout = inputs((2, 3, 8))
-    out, mean, rstd = np.zeros_like(x), np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32)
-    with pytest.raises(ValueError, match=r"weight must have shape \(8,\), got \(7,\)"):
-        ln.forward(out, mean, rstd, x, weight[:7].copy(), bias, version=1)
-    with pytest.raises(ValueError, match=r"mean must have shape \(2, 3\), got \(6,\)"):
-        ln.forward(out, mean.reshape(6), rstd, x, weight, bias, version=2)
-    with pytest.raises(ValueError, match=r"out must have shape \(2, 3, 8\)"):
-        ln.forward(out.reshape(6, 8), mean, rstd, x, weight, bias)
-    with pytest.raises(ValueError, match=r"dx must have shape"):
-        ln.backward(out[:1].copy(), weight.copy(), bias.copy(), dout, x, weight, mean, rstd, version=1)
-    with pytest.raises(ValueError, match=r"no version 4"):
-        ln.forward(out, mean, rstd, x, weight, bias, version=4)
-    with pytest.raises(ValueError, match=r"no version 3"):
-        ln.backward(out, weight.copy(), bias.copy(), dout, x, weight, mean, rstd, version=3)
-    with pytest.raises(ValueError, match=r"at least one row"):
-        ln.forward(np.zeros((0, 8), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
-                   np.zeros((0, 8), np.float32), weight, bias, version=1)
-
-
-def test_versions_are_listed():
-    assert sorted(ln.VERSIONS) == [1, 2, 3]
-    assert sorted(ln.BACKWARD_VERSIONS) == [1, 2]
+    dx, dw, db = device.zeros((N, C)), device.zeros(C), device.zeros(C)
+    partials, reduce = ln.launches("backward", dx, dw, db, dout, x, w, mean, rstd, version=2, block_size=64,
+                                   num_blocks=8)
+    device.racecheck(*partials)
+    partials()   # the reduction reads the partial sums
+    device.racecheck(*reduce)
 
 
 # ------------------------------------------------------------------------------------------------

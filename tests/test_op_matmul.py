@@ -15,6 +15,7 @@ from helpers import device
 from helpers.ops import matmul as mm
 from helpers.runtime.cuda_source import CUDA_DIR
 from helpers.teaching import gradcheck
+from support import f64
 
 # (N, C, OC): B*T = 3*37 with GPT-2's qkv projection shape at C=48, a shape where nothing is a
 # multiple of 16 (partial tiles everywhere, C not a multiple of the k-step), and shapes that are
@@ -27,7 +28,11 @@ def shapes_for(version):
     return SHAPES_ALL + (SHAPES_ODD if version != 3 else [])
 
 
-def data(N, C, OC, seed=0):
+def on_device(*arrays):
+    return [device.asarray(a) for a in arrays]
+
+
+def make_inputs(N, C, OC, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C), dtype=np.float32)
     weight = (0.5 * rng.standard_normal((OC, C))).astype(np.float32)
@@ -36,51 +41,47 @@ def data(N, C, OC, seed=0):
     return x, weight, bias, dout
 
 
-def f64(*arrays):
-    return [a.astype(np.float64) for a in arrays]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def compiled():
     mm.module()  # compile once, before the first timed test
 
 
-@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS["forward"]))
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_forward_matches_reference(version, with_bias):
     for N, C, OC in shapes_for(version):
-        x, weight, bias, _ = data(N, C, OC)
+        x, weight, bias, _ = make_inputs(N, C, OC)
         bias = bias if with_bias else None
-        ref = mm.matmul_forward(*f64(x, weight), None if bias is None else bias.astype(np.float64))
+        ref = mm.matmul_forward(*map(f64, (x, weight)), None if bias is None else bias.astype(np.float64))
         out = device.empty((N, OC))
         mm.forward(out, device.asarray(x), device.asarray(weight),
                    None if bias is None else device.asarray(bias), version=version)
         helpers.check(f"matmul_forward{version} {N}x{C}x{OC}", out, ref, atol=mm.forward_atol(x, weight, bias), rtol=0)
 
 
-@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS["forward"]))
 def test_forward_takes_batched_x(version):
     """x (B, T, C) -> out (B, T, OC): the kernels see N = B*T rows."""
     B, T, C, OC = 3, 37, 48, 144
-    x, weight, bias, _ = data(B * T, C, OC, seed=1)
+    x, weight, bias, _ = make_inputs(B * T, C, OC, seed=1)
     x = x.reshape(B, T, C)
     out = device.empty((B, T, OC))
     mm.forward(out, *map(device.asarray, (x, weight, bias)), version=version)
-    helpers.check(f"matmul_forward{version} (B, T, C)", out, mm.matmul_forward(*f64(x, weight, bias)),
+    helpers.check(f"matmul_forward{version} (B, T, C)", out, mm.matmul_forward(*map(f64, (x, weight, bias))),
                   atol=mm.forward_atol(x, weight, bias), rtol=0)
 
 
-@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS["forward"]))
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_backward_accumulates_and_matches_reference(version, with_bias):
     for N, C, OC in shapes_for(version):
-        x, weight, _, dout = data(N, C, OC, seed=2)
+        x, weight, _, dout = make_inputs(N, C, OC, seed=2)
         rng = np.random.default_rng(3)
         dx0 = rng.standard_normal((N, C), dtype=np.float32)     # gradients already holding values:
         dw0 = rng.standard_normal((OC, C), dtype=np.float32)    # the kernels must add to them
         db0 = rng.standard_normal(OC).astype(np.float32)
-        ref_dx, ref_dw, ref_db = f64(dx0, dw0, db0)
-        mm.matmul_backward(ref_dx, ref_dw, ref_db if with_bias else None, *f64(dout, x, weight))
+        ref_dx, ref_dw, ref_db = map(f64, (dx0, dw0, db0))
+        mm.matmul_backward(ref_dx, ref_dw, ref_db if with_bias else None, *map(f64, (dout, x, weight)))
         dx, dw, db = device.asarray(dx0.copy()), device.asarray(dw0.copy()), device.asarray(db0.copy())
         mm.backward(dx, dw, db if with_bias else None, device.asarray(dout), device.asarray(x),
                     device.asarray(weight), version=version)
@@ -100,10 +101,10 @@ def test_sums_of_small_integers_are_exact():
     rng = np.random.default_rng(4)
     x, weight, dout = (rng.integers(-2, 3, size=s).astype(np.float32) for s in ((N, C), (OC, C), (N, OC)))
     bias = rng.integers(-2, 3, size=OC).astype(np.float32)
-    ref = mm.matmul_forward(*f64(x, weight, bias))
+    ref = mm.matmul_forward(*map(f64, (x, weight, bias)))
     ref_dx, ref_dw, ref_db = np.zeros((N, C)), np.zeros((OC, C)), np.zeros(OC)
-    mm.matmul_backward(ref_dx, ref_dw, ref_db, *f64(dout, x, weight))
-    for version in mm.VERSIONS:
+    mm.matmul_backward(ref_dx, ref_dw, ref_db, *map(f64, (dout, x, weight)))
+    for version in mm.VERSIONS["forward"]:
         out = device.empty((N, OC))
         mm.forward(out, *map(device.asarray, (x, weight, bias)), version=version)
         assert np.array_equal(device.asnumpy(out), ref), f"forward{version} is not exact on integers"
@@ -116,24 +117,21 @@ def test_sums_of_small_integers_are_exact():
 # ------------------------------------------------------------------------------------------------
 # Races: no float atomics anywhere, so every thread order must give identical bits (atol = rtol = 0)
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS["forward"]))
 def test_racecheck_forward(version):
     N, C, OC = (2 * 19, 20, 36) if version == 3 else (2 * 19, 33, 37)
-    x, weight, bias, _ = data(N, C, OC)
-    kernel, grid, block = mm.launches_forward(version, N, C, OC)
-    fn = mm.module().get_function(kernel)
-    device.racecheck(fn, grid, block, (device.empty((N, OC)), x, weight, bias, N, C, OC, 1))
+    x, weight, bias, _ = make_inputs(N, C, OC)
+    [launch] = mm.launches("forward", device.empty((N, OC)), *map(device.asarray, (x, weight, bias)), version=version)
+    device.racecheck(*launch)
 
 
-@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS["forward"]))
 def test_racecheck_backward(version):
     N, C, OC = (2 * 19, 20, 36) if version == 3 else (2 * 19, 33, 37)
-    x, weight, _, dout = data(N, C, OC)
-    args = dict(dx=(np.zeros((N, C), np.float32), dout, weight, N, C, OC),
-                dweight=(np.zeros((OC, C), np.float32), dout, x, N, C, OC),
-                dbias=(np.zeros(OC, np.float32), dout, N, OC))
-    for grad, kernel, grid, block in mm.launches_backward(version, N, C, OC):
-        device.racecheck(mm.module().get_function(kernel), grid, block, args[grad])
+    x, weight, _, dout = make_inputs(N, C, OC)
+    grads = device.zeros((N, C)), device.zeros((OC, C)), device.zeros(OC)
+    for launch in mm.launches("backward", *grads, *map(device.asarray, (dout, x, weight)), version=version):
+        device.racecheck(*launch)
 
 
 def test_racecheck_catches_a_missing_barrier(tmp_path):
@@ -145,7 +143,7 @@ def test_racecheck_catches_a_missing_barrier(tmp_path):
     broken.write_text(src.replace(marker, ""))
     fn = device.load_module(broken, backend="cpu").get_function("matmul_forward2")
     N, C, OC = 16, 48, 16
-    x, weight, bias, _ = data(N, C, OC)
+    x, weight, bias, _ = make_inputs(N, C, OC)
     with pytest.raises(device.RaceError, match="matmul_forward2"):
         device.racecheck(fn, (1, 1), (16, 16), (np.zeros((N, OC), np.float32), x, weight, bias, N, C, OC, 1))
 
@@ -181,32 +179,32 @@ def test_numpy_backward_accumulates_and_takes_batched_shapes():
 
 
 def test_reference_is_dtype_generic():
-    x, weight, bias, _ = data(4, 8, 3)
+    x, weight, bias, _ = make_inputs(4, 8, 3)
     assert mm.matmul_forward(x, weight, bias).dtype == np.float32
-    assert mm.matmul_forward(*f64(x, weight, bias)).dtype == np.float64
+    assert mm.matmul_forward(*map(f64, (x, weight, bias))).dtype == np.float64
 
 
 # ------------------------------------------------------------------------------------------------
 # Shape assertions: a clear ValueError, never a silent wrong answer
 # ------------------------------------------------------------------------------------------------
 def test_version3_needs_C_multiple_of_4():
-    x, weight, bias, dout = data(10, 50, 8)
-    with pytest.raises(ValueError, match=r"matmul_forward3 loads float4 along C: C must be a multiple of 4, got C=50"):
+    x, weight, bias, dout = on_device(*make_inputs(10, 50, 8))
+    with pytest.raises(ValueError, match=r"matmul_forward3 loads float4: C must be a multiple of 4, got C=50 \(use version 1 or 2\)"):
         mm.forward(device.empty((10, 8)), x, weight, bias, version=3)
-    with pytest.raises(ValueError, match=r"matmul_backward3 loads float4 along C: C must be a multiple of 4, got C=50"):
-        mm.backward(np.zeros_like(x), np.zeros_like(weight), np.zeros_like(bias), dout, x, weight, version=3)
+    with pytest.raises(ValueError, match=r"matmul_backward3 loads float4: C must be a multiple of 4, got C=50"):
+        mm.backward(device.xp.zeros_like(x), device.xp.zeros_like(weight), device.xp.zeros_like(bias), dout, x, weight, version=3)
 
 
 def test_version3_needs_OC_multiple_of_4():
-    x, weight, bias, dout = data(10, 48, 101)
+    x, weight, bias, dout = on_device(*make_inputs(10, 48, 101))
     with pytest.raises(ValueError, match=r"matmul_forward3 .* OC must be a multiple of 4, got OC=101"):
         mm.forward(device.empty((10, 101)), x, weight, bias, version=3)
     with pytest.raises(ValueError, match=r"matmul_backward3 .* OC must be a multiple of 4, got OC=101"):
-        mm.backward(np.zeros_like(x), np.zeros_like(weight), None, dout, x, weight, version=3)
+        mm.backward(device.xp.zeros_like(x), device.xp.zeros_like(weight), None, dout, x, weight, version=3)
 
 
 def test_version3_needs_16_byte_alignment():
-    x, weight, bias, _ = data(11, 48, 8)
+    x, weight, bias, _ = make_inputs(11, 48, 8)
     x_shifted = device.empty(11 * 48 + 1)[1:].reshape(11, 48)  # starts 4 bytes past an aligned address
     x_shifted[...] = device.asarray(x)
     weight_d, bias_d = device.asarray(weight), device.asarray(bias)
@@ -214,38 +212,38 @@ def test_version3_needs_16_byte_alignment():
         mm.forward(device.empty((11, 8)), x_shifted, weight_d, bias_d, version=3)
     out = device.empty((11, 8))
     mm.forward(out, x_shifted, weight_d, bias_d, version=2)  # versions 1 and 2 do not care
-    helpers.check("matmul_forward2, shifted x", out, mm.matmul_forward(*f64(x, weight, bias)),
+    helpers.check("matmul_forward2, shifted x", out, mm.matmul_forward(*map(f64, (x, weight, bias))),
                   atol=mm.forward_atol(x, weight, bias), rtol=0)
 
 
-@pytest.mark.parametrize("version", sorted(mm.VERSIONS))
+@pytest.mark.parametrize("version", sorted(mm.VERSIONS["forward"]))
 def test_mismatched_shapes_are_refused(version):
-    x, weight, bias, dout = data(6, 8, 12)
-    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., C\) with C=8"):
+    x, weight, bias, dout = on_device(*make_inputs(6, 8, 12))
+    with pytest.raises(ValueError, match=r"`x` must have shape \(\.\.\., C\) with C=8"):
         mm.forward(device.empty((6, 12)), x[:, :4].copy(), weight, bias, version=version)
-    with pytest.raises(ValueError, match=r"out must have shape \(6, 12\), got \(6, 13\)"):
+    with pytest.raises(ValueError, match=r"`out` must have shape \(6, 12\), got \(6, 13\)"):
         mm.forward(device.empty((6, 13)), x, weight, bias, version=version)
-    with pytest.raises(ValueError, match=r"bias must have shape \(12,\), got \(11,\)"):
+    with pytest.raises(ValueError, match=r"`bias` must have shape \(12,\), got \(11,\)"):
         mm.forward(device.empty((6, 12)), x, weight, bias[:11].copy(), version=version)
-    with pytest.raises(ValueError, match=r"weight must be 2-D"):
+    with pytest.raises(ValueError, match=r"`weight` must have 2 dimensions"):
         mm.forward(device.empty((6, 12)), x, weight.reshape(-1), bias, version=version)
-    with pytest.raises(ValueError, match=r"dout must have shape \(6, 12\), got \(6, 11\)"):
-        mm.backward(np.zeros_like(x), np.zeros_like(weight), None, dout[:, :11].copy(), x, weight, version=version)
-    with pytest.raises(ValueError, match=r"dweight must have shape \(12, 8\)"):
-        mm.backward(np.zeros_like(x), np.zeros((8, 12), np.float32), None, dout, x, weight, version=version)
+    with pytest.raises(ValueError, match=r"`dout` must have shape \(6, 12\), got \(6, 11\)"):
+        mm.backward(device.xp.zeros_like(x), device.xp.zeros_like(weight), None, dout[:, :11].copy(), x, weight, version=version)
+    with pytest.raises(ValueError, match=r"`dweight` must have shape \(12, 8\)"):
+        mm.backward(device.xp.zeros_like(x), device.zeros((8, 12)), None, dout, x, weight, version=version)
 
 
 def test_unknown_version_is_refused():
-    x, weight, bias, dout = data(6, 8, 12)
-    with pytest.raises(ValueError, match=r"version must be one of \[1, 2, 3\], got 4"):
+    x, weight, bias, dout = on_device(*make_inputs(6, 8, 12))
+    with pytest.raises(ValueError, match=r"matmul.forward: no version 4; the versions are \[1, 2, 3\]"):
         mm.forward(device.empty((6, 12)), x, weight, bias, version=4)
-    with pytest.raises(ValueError, match=r"version must be one of \[1, 2, 3\], got 0"):
-        mm.backward(np.zeros_like(x), np.zeros_like(weight), None, dout, x, weight, version=0)
+    with pytest.raises(ValueError, match=r"matmul.backward: no version 0; the versions are \[1, 2, 3\]"):
+        mm.backward(device.xp.zeros_like(x), device.xp.zeros_like(weight), None, dout, x, weight, version=0)
 
 
-def test_a_float64_array_is_refused_by_the_launch_check():
-    x, weight, bias, _ = data(6, 8, 12)
-    with pytest.raises(device.LaunchError, match="`x`"):
+def test_a_float64_array_is_refused():
+    x, weight, bias, _ = make_inputs(6, 8, 12)
+    with pytest.raises(ValueError, match="matmul_forward2: `x` must be float32, got float64"):
         mm.forward(device.empty((6, 12)), device.asarray(x.astype(np.float64)), device.asarray(weight),
                    device.asarray(bias), version=2)
 
@@ -255,10 +253,10 @@ def test_exercise_solution_2x2():
     path = CUDA_DIR.parent / "notebooks" / "solutions" / "03_matmul_2x2.cu"
     fn = device.load_module(path).get_function("matmul_forward_2x2")
     for N, C, OC in [(3 * 37, 48, 101), (2 * 19, 33, 37)]:
-        x, weight, bias, _ = data(N, C, OC)
+        x, weight, bias, _ = make_inputs(N, C, OC)
         out = device.empty((N, OC))
         grid = (helpers.ceil_div(OC, 32), helpers.ceil_div(N, 32))
         fn(grid, (16, 16), (out, *map(device.asarray, (x, weight, bias)), N, C, OC, 1))
-        helpers.check(f"matmul_forward_2x2 {N}x{C}x{OC}", out, mm.matmul_forward(*f64(x, weight, bias)),
+        helpers.check(f"matmul_forward_2x2 {N}x{C}x{OC}", out, mm.matmul_forward(*map(f64, (x, weight, bias))),
                       atol=mm.forward_atol(x, weight, bias), rtol=0)
     device.racecheck(fn, grid, (16, 16), (device.empty((N, OC)), x, weight, bias, N, C, OC, 1))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers.model.gpt2 import GPT2, GPT2Config
-from helpers.ops import adamw, attention, classifier, encoder, gelu, kv_cache, layernorm, matmul
+from helpers.ops import adamw, attention, classifier, encoder, gelu, global_norm, kv_cache, layernorm, matmul
 from helpers.runtime import device, nvrtc_report
 
 REGISTER_FILE = 65536       # registers per SM, and at most per block, on sm_75 ... sm_120
@@ -42,18 +42,20 @@ def _launch_every_op():
     d = lambda *shape: device.asarray(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
     B, T, C, NH, V = 2, 8, 32, 2, 40
     idx = device.asarray(rng.integers(0, V, (B, T)).astype(np.int32))
-    for v in encoder.VERSIONS:
+    for v in encoder.VERSIONS["forward"]:
         encoder.forward(device.empty((B, T, C)), idx, d(V, C), d(T, C), version=v)
+    for v in encoder.VERSIONS["backward"]:
         encoder.backward(device.zeros((V, C)), device.zeros((T, C)), d(B, T, C), idx, version=v)
     x, w, b = d(B, T, C), d(C), d(C)
-    for v in layernorm.VERSIONS:
-        out, mean, rstd = device.empty((B, T, C)), device.empty((B, T)), device.empty((B, T))
+    out, mean, rstd = device.empty((B, T, C)), device.empty((B, T)), device.empty((B, T))
+    for v in layernorm.VERSIONS["forward"]:
         layernorm.forward(out, mean, rstd, x, w, b, version=v)
-        if v <= 2:
-            layernorm.backward(device.zeros((B, T, C)), device.zeros(C), device.zeros(C), d(B, T, C), x, w, mean,
-                               rstd, version=v)
-    for v in matmul.VERSIONS:
+    for v in layernorm.VERSIONS["backward"]:
+        layernorm.backward(device.zeros((B, T, C)), device.zeros(C), device.zeros(C), d(B, T, C), x, w, mean,
+                           rstd, version=v)
+    for v in matmul.VERSIONS["forward"]:
         matmul.forward(device.empty((B * T, 4 * C)), d(B * T, C), d(4 * C, C), d(4 * C), version=v)
+    for v in matmul.VERSIONS["backward"]:
         matmul.backward(device.zeros((B * T, C)), device.zeros((4 * C, C)), device.zeros(4 * C), d(B * T, 4 * C),
                         d(B * T, C), d(4 * C, C), version=v)
     qkv = d(B, T, 3 * C)
@@ -75,10 +77,10 @@ def _launch_every_op():
     classifier.crossentropy_softmax_backward(device.zeros((B, T, Vp)), probs, targets, 0.1, version=1)
     for v in (2, 3):
         classifier.fused_classifier(device.empty((B, T)), device.empty((B, T, Vp)), logits, targets, V, 0.1, version=v)
-    for v in adamw.VERSIONS:
-        adamw.adamw(d(64), d(64), device.zeros(64), device.zeros(64), 1, 1e-3, 0.9, 0.95, 1e-8, 0.1, version=v)
-    for v in adamw.NORM_VERSIONS:
-        adamw.global_norm_squared([d(100), d(64)], version=v)
+    for v in adamw.VERSIONS["update"]:
+        adamw.update(d(64), d(64), device.zeros(64), device.zeros(64), 1, 1e-3, 0.9, 0.95, 1e-8, 0.1, version=v)
+    for v in global_norm.VERSIONS["forward"]:
+        global_norm.squared_norm([d(100), d(64)] if v < 3 else [d(96), d(64)], version=v)
     k_cache, v_cache = device.zeros((NH, T, C // NH)), device.zeros((NH, T, C // NH))
     kv_cache.append(k_cache, v_cache, d(1, 1, 3 * C), 0)
     kv_cache.attention_decode(device.empty((1, 1, C)), d(1, 1, 3 * C), k_cache, v_cache, 0)

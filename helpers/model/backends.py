@@ -9,6 +9,7 @@ from ..runtime import device
 from . import fast_numpy
 from .layout import GPT2Config
 from ..ops import adamw as adamw_ops
+from ..ops import global_norm as global_norm_ops
 from ..ops import attention as attention_ops
 from ..ops import classifier as classifier_ops
 from ..ops import encoder as encoder_ops
@@ -26,7 +27,7 @@ class NumpyOps:
     xp = np
 
     def encoder_forward(self, out, idx, wte, wpe):
-        out[...] = encoder_ops.encoder_forward(wte, wpe, idx)
+        out[...] = encoder_ops.encoder_forward(idx, wte, wpe)
 
     def encoder_backward(self, dwte, dwpe, dout, idx, idx_host=None):
         encoder_ops.encoder_backward(dwte, dwpe, dout, idx)
@@ -91,9 +92,9 @@ class CudaOps:
         self.xp = device.xp
         vec = config.n_embd % 4 == 0
         self.v = {"encoder_forward": 2 if vec else 1, "encoder_backward": 2, "layernorm_forward": 3 if vec else 2,
-                  "layernorm_backward": 2, "matmul_forward": 3 if vec else 2, "matmul_backward": None,
+                  "layernorm_backward": 2, "matmul_forward": 3 if vec else 2, "matmul_backward": 3 if vec else 2,
                   "attention": 3, "gelu": 2 if vec else 1, "residual": 2 if vec else 1, "classifier": 3,
-                  "adamw": 2 if vec else 1, "norm": 2, **(versions or {})}
+                  "adamw": 2 if vec else 1, "norm": 3, **(versions or {})}
         self.attention_version = self.v["attention"]
 
     def encoder_forward(self, out, idx, wte, wpe):
@@ -115,8 +116,7 @@ class CudaOps:
         matmul_ops.forward(out, x, w, b, version=version)
 
     def matmul_backward(self, dx, dw, db, dout, x, w):
-        kw = {} if self.v["matmul_backward"] is None else {"version": self.v["matmul_backward"]}
-        matmul_ops.backward(dx, dw, db, dout, x, w, **kw)
+        matmul_ops.backward(dx, dw, db, dout, x, w, version=self.v["matmul_backward"])
 
     def attention_forward(self, out, qkv, n_head, att=None, lse=None):
         attention_ops.forward(out, qkv, n_head, version=self.attention_version,
@@ -144,10 +144,10 @@ class CudaOps:
                                         check_targets=False)
 
     def adamw(self, p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale):
-        adamw_ops.adamw(p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale=grad_scale, version=self.v["adamw"])
+        adamw_ops.update(p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale=grad_scale, version=self.v["adamw"])
 
     def norm_squared(self, flat):
-        return float(adamw_ops.global_norm_squared(flat, version=self.v["norm"]))
+        return global_norm_ops.squared_norm(flat, version=self.v["norm"])
 
     def kv_append(self, k_cache, v_cache, qkv, pos):
         kv_cache_ops.append(k_cache, v_cache, qkv, pos)

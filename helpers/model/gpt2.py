@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime import device
-from ..ops import adamw as adamw_ops
 from . import checkpoints
 from .backends import CudaOps, NumpyOps
 from .generate import generate
@@ -30,7 +29,7 @@ from .layout import (NO_GRADIENT, FlatBuffer, GPT2Config, activation_gradient_sh
                      parameter_shapes)
 
 __all__ = ["GPT2", "GPT2Config", "AdamW", "FlatBuffer", "parameter_shapes", "activation_shapes",
-           "activation_gradient_shapes", "clip_coefficient"]
+           "activation_gradient_shapes"]
 
 
 def _mib(nbytes: int) -> str:
@@ -306,10 +305,3 @@ class AdamW:
         self.t = int(state["t"])
         self.m.memory[...] = self.model.xp.asarray(state["m"])
         self.v.memory[...] = self.model.xp.asarray(state["v"])
-
-
-def clip_coefficient(model: GPT2, max_norm: float = 1.0) -> tuple[float, float]:
-    """(global gradient norm, the factor that clips it to max_norm) — PyTorch's clip_grad_norm_ rule.
-    Pass the factor to AdamW.step(grad_scale=...)."""
-    norm = model.grad_norm()
-    return norm, adamw_ops.clip_coefficient(norm, max_norm)

@@ -7,32 +7,35 @@ embeddings, T <= maxT; out (B, T, C). Backward (accumulating, see helpers.ops):
 
     dwte[idx[b, t], :] += dout[b, t, :]        dwpe[t, :] += dout[b, t, :]      for every (b, t)
 
-The kernels are in cuda/encoder.cu.
+Kernels: cuda/encoder.cu · notebook: notebooks/01_encoder.ipynb · tests: tests/test_op_encoder.py
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import ceil_div
 from ..runtime import device
-from . import checks
-from . import check_array
+from .common import Launch, ceil_div, check_array, check_float4, check_int32, check_multiple_of_4, check_version, \
+    run, shape_of
 
-#: Kernel versions in cuda/encoder.cu (forward and backward share the numbers).
+#: Kernel versions in cuda/encoder.cu: encoder_forward<N>, encoder_backward<N>.
 VERSIONS = {
-    1: "naive: one thread per (b,t,c); backward with float atomicAdd (order-dependent last bits)",
-    2: "forward: float4, one thread per (b,t,4 channels); backward: deterministic, dwpe one thread per (t,c) "
-       "looping over b, dwte over token buckets sorted on the host",
+    "forward": {
+        1: "naive: one thread per (b, t, c)",
+        2: "float4: one thread per (b, t, 4 channels); C % 4 == 0",
+    },
+    "backward": {
+        1: "naive: one thread per (b, t, c), float atomicAdd (order-dependent last bits)",
+        2: "deterministic: dwpe one thread per (t, c) looping over b, dwte over token buckets sorted on the host",
+    },
 }
 
 BLOCK_SIZE = 256
-INT_MAX = 2**31 - 1
 
 
 # ------------------------------------------------------------------------------------------------
 # NumPy reference
 # ------------------------------------------------------------------------------------------------
-def encoder_forward(wte, wpe, idx):
+def encoder_forward(idx, wte, wpe):
     """out[b, t] = wte[idx[b, t]] + wpe[t]; the dtype of wte and wpe (float32, or float64)."""
     B, T = idx.shape
     return wte[idx] + wpe[:T]  # (B, T, C) + (T, C), broadcast over b
@@ -58,63 +61,27 @@ def module():
     return device.load_module("encoder.cu")
 
 
-def _shape(a):
-    return tuple(int(s) for s in a.shape)
-
-
-
-
-def _check_shapes(fname, names, table, pos_table, activ, idx):
+def _check_shapes(kernel, names, table, pos_table, activ, idx):
     """Shapes and dtypes shared by forward and backward; returns B, T, C, V, maxT."""
     table_name, pos_name, activ_name = names
-    check_array(fname, "idx", idx, 2, np.int32)
-    check_array(fname, table_name, table, 2, np.float32)
-    check_array(fname, pos_name, pos_table, 2, np.float32)
-    check_array(fname, activ_name, activ, 3, np.float32)
-    B, T = _shape(idx)
-    V, C = _shape(table)
-    maxT, Cp = _shape(pos_table)
+    check_array(kernel, "idx", idx, 2, np.int32)
+    check_array(kernel, table_name, table, 2)
+    check_array(kernel, pos_name, pos_table, 2)
+    check_array(kernel, activ_name, activ, 3)
+    B, T = shape_of(idx)
+    V, C = shape_of(table)
+    maxT, Cp = shape_of(pos_table)
     if Cp != C:
-        raise ValueError(f"{fname}: `{table_name}` {_shape(table)} and `{pos_name}` {_shape(pos_table)} must have "
-                         f"the same number of channels C, got {C} and {Cp}")
-    if _shape(activ) != (B, T, C):
-        raise ValueError(f"{fname}: `{activ_name}` must be (B, T, C) = {(B, T, C)} for idx {_shape(idx)} "
-                         f"and C={C}, got {_shape(activ)}")
+        raise ValueError(f"{kernel}: `{table_name}` {shape_of(table)} and `{pos_name}` {shape_of(pos_table)} must "
+                         f"have the same number of channels C, got {C} and {Cp}")
+    if shape_of(activ) != (B, T, C):
+        raise ValueError(f"{kernel}: `{activ_name}` must be (B, T, C) = {(B, T, C)} for idx {shape_of(idx)} "
+                         f"and C={C}, got {shape_of(activ)}")
     if T > maxT:
-        raise ValueError(f"{fname}: idx has T={T} positions but `{pos_name}` has only {maxT} rows (maxT): "
+        raise ValueError(f"{kernel}: idx has T={T} positions but `{pos_name}` has only {maxT} rows (maxT): "
                          f"T must be at most maxT")
-    if B * T * C > INT_MAX or V * C > INT_MAX:
-        raise ValueError(f"{fname}: the kernels index with 32-bit ints: B*T*C and V*C must be below 2**31, "
-                         f"got B*T*C={B * T * C}, V*C={V * C}")
+    check_int32(kernel, **{"B*T*C": B * T * C, "V*C": V * C})
     return B, T, C, V, maxT
-
-
-def _check_version(fname, version):
-    if version not in VERSIONS:
-        raise ValueError(f"{fname}: no version {version!r}; versions are {sorted(VERSIONS)}")
-
-
-def _check_float4(kname, C, arrays):
-    """float4 loads need 16-byte aligned rows: C % 4 == 0 and arrays that start on 16 bytes."""
-    if C % 4 != 0:
-        raise ValueError(f"{kname} loads float4: C must be a multiple of 4, got C={C} (use version 1)")
-    checks.check_float4(kname, "version 1", **arrays)
-
-
-def forward(out, idx, wte, wpe, version=2):
-    """out = wte[idx] + wpe[:T] on the device (all arguments device arrays); returns None."""
-    _check_version("encoder.forward", version)
-    B, T, C, V, maxT = _check_shapes("encoder.forward", ("wte", "wpe", "out"), wte, wpe, out, idx)
-    if B * T * C == 0:
-        return
-    if version == 1:
-        n = B * T * C
-        fn = module().get_function("encoder_forward1")
-    else:
-        _check_float4("encoder_forward2", C, {"out": out, "wte": wte, "wpe": wpe})
-        n = B * T * C // 4
-        fn = module().get_function("encoder_forward2")
-    fn((ceil_div(n, BLOCK_SIZE),), (BLOCK_SIZE,), (out, idx, wte, wpe, B, T, C))
 
 
 def token_buckets(idx_host):
@@ -130,6 +97,51 @@ def token_buckets(idx_host):
     return bucket_token.astype(np.int32), bucket_start.astype(np.int32), bucket_pos.astype(np.int32)
 
 
+def launches(step: str, *args, version: int, **options) -> list[Launch]:
+    """The checked launches of `forward` or `backward` (same arguments), in the order they run."""
+    check_version("encoder", step, version, VERSIONS)
+    return (_forward_launches if step == "forward" else _backward_launches)(*args, version=version, **options)
+
+
+def _forward_launches(out, idx, wte, wpe, *, version):
+    kernel = f"encoder_forward{version}"
+    B, T, C, V, maxT = _check_shapes(kernel, ("wte", "wpe", "out"), wte, wpe, out, idx)
+    if B * T * C == 0:
+        return []
+    n = B * T * C
+    if version == 2:
+        check_multiple_of_4(kernel, "C", C, "version 1")
+        check_float4(kernel, "version 1", out=out, wte=wte, wpe=wpe)
+        n //= 4
+    return [Launch(module().get_function(kernel), (ceil_div(n, BLOCK_SIZE),), (BLOCK_SIZE,), (out, idx, wte, wpe, B, T, C))]
+
+
+def _backward_launches(dwte, dwpe, dout, idx, *, version, idx_host=None):
+    kernel = f"encoder_backward{version}"
+    B, T, C, V, maxT = _check_shapes(kernel, ("dwte", "dwpe", "dout"), dwte, dwpe, dout, idx)
+    if idx_host is not None and np.shape(idx_host) != (B, T):
+        raise ValueError(f"{kernel}: `idx_host` must be the host copy of idx, shape {(B, T)}, "
+                         f"got {np.shape(idx_host)}")
+    if B * T * C == 0:
+        return []
+    fn = module().get_function
+    if version == 1:
+        return [Launch(fn("encoder_backward1"), (ceil_div(B * T * C, BLOCK_SIZE),), (BLOCK_SIZE,),
+                       (dwte, dwpe, dout, idx, B, T, C))]
+    if idx_host is None:
+        idx_host = device.asnumpy(idx)  # on a GPU: a copy back to the host, after all queued work
+    bucket_token, bucket_start, bucket_pos = (device.asarray(a) for a in token_buckets(idx_host))
+    num_buckets = int(bucket_token.shape[0])
+    return [Launch(fn("encoder_backward2_dwpe"), (ceil_div(T * C, BLOCK_SIZE),), (BLOCK_SIZE,), (dwpe, dout, B, T, C)),
+            Launch(fn("encoder_backward2_dwte"), (ceil_div(num_buckets * C, BLOCK_SIZE),), (BLOCK_SIZE,),
+                   (dwte, dout, bucket_token, bucket_start, bucket_pos, num_buckets, C))]
+
+
+def forward(out, idx, wte, wpe, version=2):
+    """out = wte[idx] + wpe[:T] on the device (all arguments device arrays); returns None."""
+    run(launches("forward", out, idx, wte, wpe, version=version))
+
+
 def backward(dwte, dwpe, dout, idx, version=2, *, idx_host=None):
     """dwte[idx[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] on the device; returns None.
 
@@ -137,25 +149,4 @@ def backward(dwte, dwpe, dout, idx, version=2, *, idx_host=None):
     backend idx is already there. On a GPU, pass `idx_host` (a NumPy copy the caller already has,
     as llm.c's training loop does with the batch it just loaded); otherwise idx is copied back from
     the GPU, which waits for all queued GPU work to finish first."""
-    _check_version("encoder.backward", version)
-    B, T, C, V, maxT = _check_shapes("encoder.backward", ("dwte", "dwpe", "dout"), dwte, dwpe, dout, idx)
-    if idx_host is not None and np.shape(idx_host) != (B, T):
-        raise ValueError(f"encoder.backward: `idx_host` must be the host copy of idx, shape {(B, T)}, "
-                         f"got {np.shape(idx_host)}")
-    if B * T * C == 0:
-        return
-    mod = module()
-    if version == 1:
-        n = B * T * C
-        mod.get_function("encoder_backward1")((ceil_div(n, BLOCK_SIZE),), (BLOCK_SIZE,),
-                                              (dwte, dwpe, dout, idx, B, T, C))
-        return
-    # dwpe: one thread per (t, c)
-    mod.get_function("encoder_backward2_dwpe")((ceil_div(T * C, BLOCK_SIZE),), (BLOCK_SIZE,), (dwpe, dout, B, T, C))
-    # dwte: buckets of positions per token, built on the host
-    if idx_host is None:
-        idx_host = device.asnumpy(idx)  # on a GPU: a copy back to the host, after all queued work
-    bucket_token, bucket_start, bucket_pos = (device.asarray(a) for a in token_buckets(idx_host))
-    num_buckets = int(bucket_token.shape[0])
-    mod.get_function("encoder_backward2_dwte")((ceil_div(num_buckets * C, BLOCK_SIZE),), (BLOCK_SIZE,),
-                                               (dwte, dout, bucket_token, bucket_start, bucket_pos, num_buckets, C))
+    run(launches("backward", dwte, dwpe, dout, idx, version=version, idx_host=idx_host))

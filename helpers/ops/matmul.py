@@ -3,25 +3,35 @@ of the kernel versions in cuda/matmul.cu.
 
 Shapes (PyTorch's nn.Linear layout): x (..., C), weight (OC, C), bias (OC,) or None,
 out (..., OC). The kernels see x as N = x.size // C rows of C.
+
+Besides the references, `forward_atol` and `backward_atols` derive the tolerances of a float32
+result from the inputs (the rounding-error bound of a sum of products).
+
+Kernels: cuda/matmul.cu · notebook: notebooks/03_matmul.ipynb · tests: tests/test_op_matmul.py
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import ceil_div
 from ..runtime import device
-from . import checks
+from .common import Launch, ceil_div, check_array, check_float4, check_int32, check_multiple_of_4, check_version, \
+    run, shape_of
 
+#: Kernel versions in cuda/matmul.cu: matmul_forward<N>; matmul_backward<N>_dx, _dweight, _dbias.
 VERSIONS = {
-    1: "naive: one thread per output element, loops over the inner dimension in global memory",
-    2: "16x16 shared-memory tiles: each global load serves 16 threads; dbias: block tree reduction",
-    3: "128x128 tiles, 8x8 outputs per thread in registers, float4 loads (C, OC multiples of 4)",
+    "forward": {
+        1: "naive: one thread per output element, loops over the inner dimension in global memory",
+        2: "16x16 shared-memory tiles: each global load serves 16 threads",
+        3: "128x128 tiles, 8x8 outputs per thread in registers, float4 loads (C, OC multiples of 4)",
+    },
+    "backward": {
+        1: "naive: dx and dweight one thread per element; dbias one thread per column",
+        2: "16x16 shared-memory tiles for dx and dweight; dbias: a warp-wide tree per 32 columns",
+        3: "128x128 register tiles with float4 loads for dx and dweight (C, OC multiples of 4); dbias as 2",
+    },
 }
 
 UNIT_ROUNDOFF = 2.0 ** -24  # float32: a single rounding errs by at most this, relatively
-
-_INT_MAX = 2 ** 31 - 1
-
 
 # ------------------------------------------------------------------------------------------------
 # NumPy reference (dtype-generic: float32 in use, float64 for finite differences)
@@ -84,111 +94,96 @@ def backward_atols(dout, x, weight, dx0=None, dweight0=None, dbias0=None) -> tup
 
 
 # ------------------------------------------------------------------------------------------------
-# Launch wrappers
+# Kernel wrappers
 # ------------------------------------------------------------------------------------------------
 def module():
-    """cuda/matmul.cu, compiled for the active backend (cached)."""
+    """cuda/matmul.cu, compiled for the active backend (device.load_module caches it)."""
     return device.load_module("matmul.cu")
 
 
-def _check_version(version, name):
-    if version not in VERSIONS:
-        raise ValueError(f"matmul {name}: version must be one of {sorted(VERSIONS)}, got {version!r}")
-
-
-def _check_float4(kernel: str, C: int, OC: int, arrays: dict) -> None:
-    """What version 3 needs: float4 loads and stores along C and OC, from 16-byte aligned memory."""
-    if C % 4:
-        raise ValueError(f"{kernel} loads float4 along C: C must be a multiple of 4, got C={C} "
-                         f"(use version 1 or 2 for this shape)")
-    if OC % 4:
-        raise ValueError(f"{kernel} loads and stores float4 along OC: OC must be a multiple of 4, got OC={OC} "
-                         f"(use version 1 or 2 for this shape)")
-    checks.check_float4(kernel, "version 1 or 2", **arrays)
-
-
-def _check_int_indices(name: str, **sizes) -> None:
-    for what, size in sizes.items():
-        if size > _INT_MAX:
-            raise ValueError(f"{name} indexes with int: {what} has {size:,} elements, more than 2^31 - 1")
-
-
-def _shapes(name, x, weight):
-    if weight.ndim != 2:
-        raise ValueError(f"{name}: weight must be 2-D (OC, C), got shape {tuple(weight.shape)}")
-    OC, C = (int(s) for s in weight.shape)
-    if x.ndim < 1 or x.shape[-1] != C:
-        raise ValueError(f"{name}: x must have shape (..., C) with C={C} (weight is {tuple(weight.shape)}), "
-                         f"got {tuple(x.shape)}")
+def _shapes(kernel, x, weight, **arrays):
+    """N, C, OC from x (..., C) and weight (OC, C); every array checked (dtype, memory, device)."""
+    check_array(kernel, "x", x)
+    check_array(kernel, "weight", weight, 2)
+    for name, a in arrays.items():
+        if a is not None:
+            check_array(kernel, name, a)
+    OC, C = shape_of(weight)
+    if x.ndim < 1 or shape_of(x)[-1] != C:
+        raise ValueError(f"{kernel}: `x` must have shape (..., C) with C={C} (weight is {shape_of(weight)}), "
+                         f"got {shape_of(x)}")
     N = int(x.size) // C if C else 0
     if N == 0 or C == 0 or OC == 0:
-        raise ValueError(f"{name}: empty shapes are not supported, got N={N}, C={C}, OC={OC}")
+        raise ValueError(f"{kernel}: empty shapes are not supported, got N={N}, C={C}, OC={OC}")
+    check_int32(kernel, **{"N*C": N * C, "OC*C": OC * C, "N*OC": N * OC})
     return N, C, OC
 
 
-def _expect(name, what, a, shape):
-    if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{name}: {what} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+def _expect(kernel, name, a, shape):
+    if a is not None and shape_of(a) != tuple(shape):
+        raise ValueError(f"{kernel}: `{name}` must have shape {tuple(shape)}, got {shape_of(a)}")
 
 
-def forward(out, x, weight, bias, version: int = 3) -> None:
-    """out = x @ weight^T + bias with kernel `matmul_forward<version>` (bias may be None)."""
-    _check_version(version, "forward")
+def _check_version3(kernel, C, OC, **arrays):
+    """What version 3 needs: float4 loads and stores along C and OC, from 16-byte aligned memory."""
+    check_multiple_of_4(kernel, "C", C, "version 1 or 2")
+    check_multiple_of_4(kernel, "OC", OC, "version 1 or 2")
+    check_float4(kernel, "version 1 or 2", **arrays)
+
+
+#: (threads per block, outputs per block along OC and N) of each version's output tiles.
+_TILES = {1: ((32, 8), (32, 8)), 2: ((16, 16), (16, 16)), 3: ((16, 16), (128, 128))}
+
+
+def _grid(version, cols, rows):
+    block, (per_col, per_row) = _TILES[version]
+    return (ceil_div(cols, per_col), ceil_div(rows, per_row)), block
+
+
+def launches(step: str, *args, version: int) -> list[Launch]:
+    """The checked launches of `forward` or `backward` (same arguments), in the order they run."""
+    check_version("matmul", step, version, VERSIONS)
+    return (_forward_launches if step == "forward" else _backward_launches)(*args, version=version)
+
+
+def _forward_launches(out, x, weight, bias, *, version):
     kernel = f"matmul_forward{version}"
-    N, C, OC = _shapes(kernel, x, weight)
-    _expect(kernel, "out", out, tuple(x.shape[:-1]) + (OC,))
-    if bias is not None:
-        _expect(kernel, "bias", bias, (OC,))
-    _check_int_indices(kernel, x=N * C, weight=OC * C, out=N * OC)
+    N, C, OC = _shapes(kernel, x, weight, out=out, bias=bias)
+    _expect(kernel, "out", out, shape_of(x)[:-1] + (OC,))
+    _expect(kernel, "bias", bias, (OC,))
+    if version == 3:
+        _check_version3(kernel, C, OC, out=out, x=x, weight=weight, bias=bias)
     has_bias = bias is not None
     if not has_bias:
         bias = device.zeros(1)  # never read: has_bias = 0
+    grid, block = _grid(version, OC, N)
+    return [Launch(module().get_function(kernel), grid, block, (out, x, weight, bias, N, C, OC, int(has_bias)))]
+
+
+def _backward_launches(dx, dweight, dbias, dout, x, weight, *, version):
+    kernel = f"matmul_backward{version}"
+    N, C, OC = _shapes(kernel, x, weight, dx=dx, dweight=dweight, dbias=dbias, dout=dout)
+    _expect(kernel, "dx", dx, shape_of(x))
+    _expect(kernel, "dweight", dweight, shape_of(weight))
+    _expect(kernel, "dout", dout, shape_of(x)[:-1] + (OC,))
+    _expect(kernel, "dbias", dbias, (OC,))
     if version == 3:
-        _check_float4(kernel, C, OC, dict(out=out, x=x, weight=weight, bias=bias if has_bias else None))
-    _, grid, block = launches_forward(version, N, C, OC)
-    module().get_function(kernel)(grid, block, (out, x, weight, bias, N, C, OC, int(has_bias)))
+        _check_version3(kernel, C, OC, dx=dx, dweight=dweight, dout=dout, x=x, weight=weight)
+    fn = module().get_function
+    runs = [Launch(fn(f"{kernel}_dx"), *_grid(version, C, N), (dx, dout, weight, N, C, OC)),
+            Launch(fn(f"{kernel}_dweight"), *_grid(version, C, OC), (dweight, dout, x, N, C, OC))]
+    if dbias is not None:  # version 1: one thread per column; 2 and 3: a warp-wide tree per 32 columns
+        grid, block = ((ceil_div(OC, 256),), (256,)) if version == 1 else ((ceil_div(OC, 32),), (32, 16))
+        runs.append(Launch(fn(f"matmul_backward{min(version, 2)}_dbias"), grid, block, (dbias, dout, N, OC)))
+    return runs
 
 
-def launches_forward(version: int, N: int, C: int, OC: int):
-    """(kernel name, grid, block) of a forward version: for racecheck and timing."""
-    if version == 1:
-        return "matmul_forward1", (ceil_div(OC, 32), ceil_div(N, 8)), (32, 8)
-    if version == 2:
-        return "matmul_forward2", (ceil_div(OC, 16), ceil_div(N, 16)), (16, 16)
-    return "matmul_forward3", (ceil_div(OC, 128), ceil_div(N, 128)), (16, 16)
-
-
-def launches_backward(version: int, N: int, C: int, OC: int):
-    """[(gradient, kernel name, grid, block)] of a backward version, in the order they run."""
-    if version == 1:
-        return [("dx", "matmul_backward1_dx", (ceil_div(C, 32), ceil_div(N, 8)), (32, 8)),
-                ("dweight", "matmul_backward1_dweight", (ceil_div(C, 32), ceil_div(OC, 8)), (32, 8)),
-                ("dbias", "matmul_backward1_dbias", (ceil_div(OC, 256),), (256,))]
-    dbias = ("dbias", "matmul_backward2_dbias", (ceil_div(OC, 32),), (32, 16))
-    if version == 2:
-        return [("dx", "matmul_backward2_dx", (ceil_div(C, 16), ceil_div(N, 16)), (16, 16)),
-                ("dweight", "matmul_backward2_dweight", (ceil_div(C, 16), ceil_div(OC, 16)), (16, 16)), dbias]
-    return [("dx", "matmul_backward3_dx", (ceil_div(C, 128), ceil_div(N, 128)), (16, 16)),
-            ("dweight", "matmul_backward3_dweight", (ceil_div(C, 128), ceil_div(OC, 128)), (16, 16)), dbias]
+def forward(out, x, weight, bias, version: int = 3) -> None:
+    """out = x @ weight^T + bias on the device (bias may be None); returns None."""
+    run(launches("forward", out, x, weight, bias, version=version))
 
 
 def backward(dx, dweight, dbias, dout, x, weight, version: int = 3) -> None:
     """dx += dout @ weight, dweight += dout^T @ x, dbias += column sums of dout (dbias may be None),
-    with the kernels of backward version `version`."""
-    _check_version(version, "backward")
-    name = f"matmul_backward{version}"
-    N, C, OC = _shapes(name, x, weight)
-    _expect(name, "dx", dx, x.shape)
-    _expect(name, "dweight", dweight, weight.shape)
-    _expect(name, "dout", dout, tuple(x.shape[:-1]) + (OC,))
-    if dbias is not None:
-        _expect(name, "dbias", dbias, (OC,))
-    _check_int_indices(name, x=N * C, weight=OC * C, dout=N * OC)
-    if version == 3:
-        _check_float4(name, C, OC, dict(dx=dx, dweight=dweight, dout=dout, x=x, weight=weight))
-    mod = module()
-    args = dict(dx=(dx, dout, weight, N, C, OC), dweight=(dweight, dout, x, N, C, OC), dbias=(dbias, dout, N, OC))
-    for grad, kernel, grid, block in launches_backward(version, N, C, OC):
-        if grad == "dbias" and dbias is None:
-            continue
-        mod.get_function(kernel)(grid, block, args[grad])
+    on the device; returns None."""
+    run(launches("backward", dx, dweight, dbias, dout, x, weight, version=version))

@@ -31,7 +31,7 @@ from . import data
 from ..runtime import device
 from ..model.checkpoints import atomic_write
 from ..model.gpt2 import GPT2, AdamW, GPT2Config
-from ..ops.adamw import clip_coefficient
+from ..ops.global_norm import clip_coefficient
 
 
 class TrainingError(RuntimeError):

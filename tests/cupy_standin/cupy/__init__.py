@@ -446,3 +446,19 @@ class _Random:
 
 
 random = _Random()
+
+
+class _StrideTricks:
+    """cupy.lib.stride_tricks: as_strided makes a view with any shape and strides over the array's memory,
+    unchecked (as CuPy's and NumPy's)."""
+
+    @staticmethod
+    def as_strided(x, shape=None, strides=None):
+        return ndarray._view(_np.lib.stride_tricks.as_strided(x._a, shape, strides), x._mem)
+
+
+class _Lib:
+    stride_tricks = _StrideTricks()
+
+
+lib = _Lib()

@@ -1,0 +1,151 @@
+"""What every op module shares: the `Launch` type, the checks a wrapper makes before it launches, and
+their limits. One implementation, the same behaviour on both backends (a misaligned view is refused
+on the CPU as on a GPU), messages that name the kernel, the argument and the fix.
+
+    from .common import INT_MAX, Launch, check_array, check_float4, check_version, run
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..runtime import device
+
+INT_MAX = 2**31 - 1                 # the kernels index with 32-bit ints
+SHARED_MEMORY_LIMIT = 48 * 1024     # bytes of shared memory a block may use without opting in (CUDA's default)
+MAX_GRID_Y = 65535                  # blocks along a grid's y (and z) axis
+WARP_SIZE = 32
+FLOAT4_BYTES = 16
+SCRATCH_BYTES = 32 * 4              # the `__shared__ float scratch[32]` of common.cuh's block reductions
+
+
+def ceil_div(a: int, b: int) -> int:
+    """Blocks needed to cover a items with b per block."""
+    return -(-int(a) // int(b))
+
+
+# ------------------------------------------------------------------------------------------------
+# Launches
+# ------------------------------------------------------------------------------------------------
+class Launch(NamedTuple):
+    """One checked kernel launch, not yet run. `launch()` runs it; it unpacks into what
+    `device.racecheck(*launch)` and `bench.measure(name, *launch)` take."""
+    fn: object          # a kernel of a loaded module (module().get_function(...))
+    grid: tuple
+    block: tuple
+    args: tuple
+    shared_mem: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.fn.name
+
+    def __call__(self):
+        self.fn(self.grid, self.block, self.args, shared_mem=self.shared_mem)
+
+
+def run(launches: list[Launch]) -> None:
+    """Run launches one after the other (a wrapper: `run(launches("forward", ...))`)."""
+    for launch in launches:
+        launch()
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks
+# ------------------------------------------------------------------------------------------------
+def shape_of(a) -> tuple:
+    """A shape as plain ints (CuPy and NumPy report theirs as different int types)."""
+    return tuple(int(s) for s in a.shape)
+
+
+def check_version(op: str, step: str, version, versions: dict) -> None:
+    """`version` must be one of versions[step] (an op's VERSIONS)."""
+    if step not in versions:
+        raise ValueError(f"{op} has no {step!r} step; its steps are {', '.join(versions)}")
+    if isinstance(version, bool) or version not in versions[step]:
+        raise ValueError(f"{op}.{step}: no version {version!r}; the versions are {sorted(versions[step])}")
+
+
+def device_arrays(kernel: str, **arrays) -> None:
+    """Every argument must be an array of the active backend (None: an optional argument left out)."""
+    for name, a in arrays.items():
+        if a is None or isinstance(a, device.array_types()):
+            continue
+        hint = ("a NumPy array in host memory, but kernels run on the GPU: pass helpers.device.asarray(x)"
+                if device.name == "cupy" and hasattr(a, "__array_interface__") else
+                "pass helpers.device.asarray(x)")
+        raise ValueError(f"{kernel}: `{name}` must be an array on the {device.name} device, got "
+                         f"{type(a).__module__}.{type(a).__name__}; {hint}")
+
+
+def check_array(kernel: str, name: str, a, ndim: int | None = None, dtype=np.float32, shape=None) -> None:
+    """A clear ValueError unless `a` is a device array with ndim dimensions (or exactly `shape`),
+    the dtype, and C-contiguous memory. `None` is refused: pass a required array."""
+    if a is None:
+        raise ValueError(f"{kernel}: `{name}` is required" + (f", a {np.dtype(dtype).name} array of shape {shape}"
+                                                              if shape is not None else ""))
+    device_arrays(kernel, **{name: a})
+    if shape is not None and shape_of(a) != tuple(shape):
+        raise ValueError(f"{kernel}: `{name}` must have shape {tuple(shape)}, got {shape_of(a)}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{kernel}: `{name}` must have {ndim} dimensions, got shape {shape_of(a)}")
+    if a.dtype != dtype:
+        raise ValueError(f"{kernel}: `{name}` must be {np.dtype(dtype).name}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{kernel}: `{name}` must be C-contiguous (xp.ascontiguousarray)")
+
+
+def address(a) -> int:
+    """Where an array's data starts, for either backend's arrays (CuPy: its device pointer)."""
+    interface = getattr(a, "__cuda_array_interface__", None)
+    if interface is not None:
+        return int(interface["data"][0])
+    return int(a.__array_interface__["data"][0])
+
+
+def check_float4(kernel: str, fallback: str, **arrays) -> None:
+    """Arrays a kernel reads or writes as float4 must start at a 16-byte aligned address (on a GPU a
+    misaligned float4 stops the kernel). `fallback` says what to use instead (\"version 1\")."""
+    device_arrays(kernel, **arrays)
+    for name, a in arrays.items():
+        if a is not None and address(a) % FLOAT4_BYTES:
+            raise ValueError(f"{kernel} loads float4: `{name}` must start at a 16-byte aligned address, but it "
+                             f"starts {address(a) % FLOAT4_BYTES} bytes past one (a view such as x[1:]?); pass a "
+                             f"fresh array (device.asarray(x.copy())) or use {fallback}")
+
+
+def check_multiple_of_4(kernel: str, what: str, value: int, fallback: str) -> None:
+    """float4 loads along a dimension need it to be a multiple of 4."""
+    if value % 4:
+        raise ValueError(f"{kernel} loads float4: {what} must be a multiple of 4, got {what}={value} (use {fallback})")
+
+
+def check_int32(kernel: str, **sizes) -> None:
+    """Element counts a kernel indexes with int must stay below 2^31."""
+    for what, size in sizes.items():
+        if size > INT_MAX:
+            raise ValueError(f"{kernel} indexes with 32-bit ints: {what} = {size:,} must be below 2^31 "
+                             f"(split the work into smaller launches)")
+
+
+def check_block(kernel: str, block_size, whole_warps: bool) -> None:
+    """1..1024 threads; kernels that reduce with full-mask shuffles need whole warps."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or not 1 <= block_size <= 1024:
+        raise ValueError(f"{kernel}: block_size must be an int between 1 and 1024 threads, got {block_size!r}")
+    if whole_warps and block_size % WARP_SIZE:
+        raise ValueError(f"{kernel} reduces with full-warp shuffles: block_size must be a multiple of 32, "
+                         f"got {block_size}")
+
+
+def check_shared_memory(kernel: str, nbytes: int, what: str, fix: str) -> None:
+    """A launch may ask for at most 48 KiB of shared memory without opting in."""
+    if nbytes > SHARED_MEMORY_LIMIT:
+        raise ValueError(f"{kernel}: {what} needs {nbytes:,} bytes of shared memory, more than the "
+                         f"{SHARED_MEMORY_LIMIT // 1024} KiB a block may use: {fix}")
+
+
+def check_grid_y(kernel: str, blocks: int, what: str) -> None:
+    if blocks > MAX_GRID_Y:
+        raise ValueError(f"{kernel} puts {what} on the grid's y axis, which has at most {MAX_GRID_Y} blocks: "
+                         f"got {blocks}")
