@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers.model.gpt2 import GPT2, GPT2Config
-from helpers.ops import adamw, attention, classifier, encoder, gelu, global_norm, kv_cache, layernorm, matmul
+from helpers.ops import adamw, attention, classifier, encoder, gelu, global_norm, kv_cache, layernorm, matmul, residual
 from helpers.runtime import device, nvrtc_report
 
 REGISTER_FILE = 65536       # registers per SM, and at most per block, on sm_75 ... sm_120
@@ -64,11 +64,11 @@ def _launch_every_op():
         out = device.empty((B, T, C))
         attention.forward(out, qkv, NH, version=v, **aux)
         attention.backward(device.zeros((B, T, 3 * C)), d(B, T, C), qkv, out, NH, version=v, **aux)
-    for v in gelu.VERSIONS:
+    for v in gelu.VERSIONS["forward"]:
         gelu.forward(device.empty(B * T * C), d(B * T * C), version=v)
         gelu.backward(device.zeros(B * T * C), d(B * T * C), d(B * T * C), version=v)
-        gelu.residual_forward(device.empty(B * T * C), d(B * T * C), d(B * T * C), version=v)
-        gelu.residual_backward(device.zeros(B * T * C), device.zeros(B * T * C), d(B * T * C), version=v)
+        residual.forward(device.empty(B * T * C), d(B * T * C), d(B * T * C), version=v)
+        residual.backward(device.zeros(B * T * C), device.zeros(B * T * C), d(B * T * C), version=v)
     Vp = 48
     logits, targets = d(B, T, Vp), device.asarray(rng.integers(0, V, (B, T)).astype(np.int32))
     probs = device.empty((B, T, Vp))

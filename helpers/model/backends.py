@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime import device
-from . import fast_numpy
-from .layout import GPT2Config
 from ..ops import adamw as adamw_ops
-from ..ops import global_norm as global_norm_ops
 from ..ops import attention as attention_ops
 from ..ops import classifier as classifier_ops
 from ..ops import encoder as encoder_ops
 from ..ops import gelu as gelu_ops
+from ..ops import global_norm as global_norm_ops
 from ..ops import kv_cache as kv_cache_ops
 from ..ops import layernorm as layernorm_ops
 from ..ops import matmul as matmul_ops
+from ..ops import residual as residual_ops
+from ..runtime import device
+from . import fast_numpy
+from .layout import GPT2Config
 
 
 class NumpyOps:
@@ -59,10 +60,10 @@ class NumpyOps:
         fast_numpy.gelu_backward(dx, dout, x)
 
     def residual_forward(self, out, a, b):
-        out[...] = gelu_ops.residual_forward(a, b)
+        out[...] = residual_ops.residual_forward(a, b)
 
     def residual_backward(self, da, db, dout):
-        gelu_ops.residual_backward(da, db, dout)
+        residual_ops.residual_backward(da, db, dout)
 
     def classifier(self, losses, dlogits, logits, targets, V, dloss):
         fast_numpy.classifier(losses, dlogits, logits, targets, V, dloss)
@@ -133,10 +134,10 @@ class CudaOps:
         gelu_ops.backward(dx, dout, x, version=self.v["gelu"])
 
     def residual_forward(self, out, a, b):
-        gelu_ops.residual_forward(out, a, b, version=self.v["residual"])
+        residual_ops.forward(out, a, b, version=self.v["residual"])
 
     def residual_backward(self, da, db, dout):
-        gelu_ops.residual_backward(da, db, dout, version=self.v["residual"])
+        residual_ops.backward(da, db, dout, version=self.v["residual"])
 
     def classifier(self, losses, dlogits, logits, targets, V, dloss):
         # (the targets were checked on the host by GPT2._check_tokens)

@@ -201,8 +201,7 @@ class GPT2:
         D.memory[...] = 0
         NH, L = cfg.n_head, cfg.n_layer
         ops.matmul_backward(D["lnf"], G["wte"], None, A["dlogits"], A["lnf"], P["wte"])
-        residual = A["residual3"][L - 1] if L else A["encoded"]
-        dresidual = D["residual3"][L - 1] if L else D["encoded"]
+        residual, dresidual = A["residual3"][L - 1], D["residual3"][L - 1]
         ops.layernorm_backward(dresidual, G["lnfw"], G["lnfb"], D["lnf"], residual, P["lnfw"], A["lnf_mean"], A["lnf_rstd"])
         for l in reversed(range(L)):
             residual = A["encoded"] if l == 0 else A["residual3"][l - 1]

@@ -149,3 +149,27 @@ def check_grid_y(kernel: str, blocks: int, what: str) -> None:
     if blocks > MAX_GRID_Y:
         raise ValueError(f"{kernel} puts {what} on the grid's y axis, which has at most {MAX_GRID_Y} blocks: "
                          f"got {blocks}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Elementwise ops (gelu, residual): one shape of launch
+# ------------------------------------------------------------------------------------------------
+def elementwise_launches(module, kernel: str, version: int, block_size: int, **arrays) -> list[Launch]:
+    """The launch of an elementwise kernel `kernel` (arguments: the arrays in order, then n): all
+    arrays of one shape; version 1 one element per thread, version 2 four through float4."""
+    for name, a in arrays.items():
+        check_array(kernel, name, a)
+    shapes = {name: shape_of(a) for name, a in arrays.items()}
+    if len(set(shapes.values())) != 1:
+        listed = ", ".join(f"`{name}` {shape}" for name, shape in shapes.items())
+        raise ValueError(f"{kernel} works elementwise: all arrays must have the same shape, got {listed}")
+    check_block(kernel, block_size, whole_warps=False)
+    n = int(next(iter(arrays.values())).size)
+    check_int32(kernel, n=n)
+    if version == 2:
+        check_multiple_of_4(kernel, "n", n, "version 1, which takes any n")
+        check_float4(kernel, "version 1", **arrays)
+        n //= 4  # the kernel counts float4s
+    if n == 0:
+        return []  # nothing to do (a grid of 0 blocks is not a valid launch)
+    return [Launch(module.get_function(kernel), (ceil_div(n, block_size),), (block_size,), (*arrays.values(), n))]
