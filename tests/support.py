@@ -12,8 +12,10 @@ def f64(a):
 
 
 def oversized(shape):
-    """A float32 device array that CLAIMS `shape` (rows of shape[1] floats) over one float of memory:
-    what the 32-bit size checks see, without allocating gigabytes. Never launch a kernel on it."""
-    base = device.zeros(1)
-    strides = (shape[1] * 4, 4) if len(shape) == 2 else (4,)
-    return device.xp.lib.stride_tricks.as_strided(base, shape=shape, strides=strides)
+    """A C-contiguous float32 device array that CLAIMS `shape` over one float of memory: what the
+    size checks see, without allocating gigabytes. Never launch a kernel on it."""
+    strides, step = [], 4
+    for n in reversed(shape):
+        strides.insert(0, step)
+        step *= n
+    return device.xp.lib.stride_tricks.as_strided(device.zeros(1), shape=tuple(shape), strides=tuple(strides))

@@ -7,6 +7,7 @@ import pytest
 from helpers import check, device
 from helpers.ops import attention as A
 from helpers.teaching import gradcheck
+from support import oversized
 
 # llm.c checks attention at 1e-3. The kernels agree with a float64 reference to ~2e-6 absolute at
 # these shapes (float32 rounding of dot products over hs <= 128 channels and T <= 40 keys), so the
@@ -22,7 +23,7 @@ SHAPES = [  # B, T, C, NH: odd T, head sizes 16, 40 (not a multiple of 32), 64 (
 BLOCK_SIZES = {1: 96, 2: 64, 3: 96}  # odd block counts (v1: not a power of two; v3: 3 query rows per block)
 
 
-def data(B, T, C, seed=0):
+def make_inputs(B, T, C, seed=0):
     rng = np.random.default_rng(seed)
     qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
     dout = rng.standard_normal((B, T, C)).astype(np.float32)
@@ -35,7 +36,7 @@ def reference(qkv, dout, dqkv0, NH):
     out, att = A.attention_forward(qkv.astype(np.float64), NH)
     lse = A.attention_logsumexp(qkv.astype(np.float64), NH)
     dqkv = dqkv0.astype(np.float64)
-    A.attention_backward(dqkv, dout.astype(np.float64), qkv.astype(np.float64), att, NH)
+    A.attention_backward(dqkv, dout.astype(np.float64), qkv.astype(np.float64), out, NH, att=att)
     return out, att, lse, dqkv
 
 
@@ -46,14 +47,14 @@ def aux_buffers(version, B, T, NH):
 def run_checked(launches):
     """Race-check each launch, then run it (the next launch reads what this one wrote)."""
     for launch in launches:
-        device.racecheck(launch.fn, launch.grid, launch.block, launch.args, launch.shared_mem)
+        device.racecheck(*launch)
         launch()
 
 
-@pytest.mark.parametrize("version", sorted(A.VERSIONS))
+@pytest.mark.parametrize("version", sorted(A.VERSIONS["forward"]))
 @pytest.mark.parametrize("B, T, C, NH", SHAPES)
 def test_forward_and_backward_match_the_reference(version, B, T, C, NH):
-    qkv, dout, dqkv0 = data(B, T, C)
+    qkv, dout, dqkv0 = make_inputs(B, T, C)
     out_ref, att_ref, lse_ref, dqkv_ref = reference(qkv, dout, dqkv0, NH)
     qkv_d, dout_d = device.asarray(qkv), device.asarray(dout)
     out = device.empty((B, T, C))
@@ -70,26 +71,26 @@ def test_forward_and_backward_match_the_reference(version, B, T, C, NH):
     check(f"{name} dqkv", dqkv, dqkv_ref, ATOL, RTOL)
 
 
-@pytest.mark.parametrize("version", sorted(A.VERSIONS))
+@pytest.mark.parametrize("version", sorted(A.VERSIONS["forward"]))
 @pytest.mark.parametrize("B, T, C, NH", [SHAPES[0], SHAPES[1]])
 def test_every_kernel_passes_racecheck_with_odd_block_sizes(version, B, T, C, NH):
     """Every kernel gives the same bits whatever order its threads run in: no atomics, so exactly."""
-    qkv, dout, dqkv0 = data(B, T, C, seed=1)
+    qkv, dout, dqkv0 = make_inputs(B, T, C, seed=1)
     out_ref, att_ref, lse_ref, dqkv_ref = reference(qkv, dout, dqkv0, NH)
     qkv, dout = device.asarray(qkv), device.asarray(dout)
     out = device.empty((B, T, C))
     aux = aux_buffers(version, B, T, NH)
     bs = BLOCK_SIZES[version]
-    run_checked(A.forward_launches(out, qkv, NH, version, block_size=bs, **aux))
+    run_checked(A.launches("forward", out, qkv, NH, version=version, block_size=bs, **aux))
     check(f"v{version} out, block {bs}", out, out_ref, ATOL, RTOL)
     dqkv = device.asarray(dqkv0)
-    run_checked(A.backward_launches(dqkv, dout, qkv, out, NH, version, block_size=bs, **aux))
+    run_checked(A.launches("backward", dqkv, dout, qkv, out, NH, version=version, block_size=bs, **aux))
     check(f"v{version} dqkv, block {bs}", dqkv, dqkv_ref, ATOL, RTOL)
 
 
 def test_backward2_and_3_read_the_lse_of_either_fused_forward():
     B, T, C, NH = 2, 23, 64, 1
-    qkv, dout, dqkv0 = data(B, T, C, seed=2)
+    qkv, dout, dqkv0 = make_inputs(B, T, C, seed=2)
     _, _, _, dqkv_ref = reference(qkv, dout, dqkv0, NH)
     qkv, dout = device.asarray(qkv), device.asarray(dout)
     for fwd, bwd in [(2, 3), (3, 2)]:
@@ -103,12 +104,12 @@ def test_backward2_and_3_read_the_lse_of_either_fused_forward():
 def test_large_scores_do_not_overflow():
     """Scores of several hundred: exp would overflow without the running maximum."""
     B, T, C, NH = 1, 40, 64, 1
-    qkv, dout, dqkv0 = data(B, T, C, seed=3)
+    qkv, dout, dqkv0 = make_inputs(B, T, C, seed=3)
     qkv *= 6.0  # scores ~ 36 * N(0, 1) * sqrt(64) / 8: up to ~150, exp(150) overflows float32
     out_ref, att_ref, lse_ref, dqkv_ref = reference(qkv, dout, dqkv0, NH)
     assert lse_ref.max() > 89, "the test needs scores beyond float32's exp range"
     qkv, dout = device.asarray(qkv), device.asarray(dout)
-    for version in sorted(A.VERSIONS):
+    for version in sorted(A.VERSIONS["forward"]):
         out, aux = device.empty((B, T, C)), aux_buffers(version, B, T, NH)
         A.forward(out, qkv, NH, version=version, **aux)
         check(f"v{version} out, large scores", out, out_ref, 1e-4, RTOL)  # |v| ~ 6: the same relative error
@@ -122,7 +123,7 @@ def test_large_scores_do_not_overflow():
 # The NumPy reference
 # ------------------------------------------------------------------------------------------------
 def test_reference_rows_are_causal_probabilities():
-    qkv, _, _ = data(2, 9, 12)
+    qkv, _, _ = make_inputs(2, 9, 12)
     out, att = A.attention_forward(qkv, 3)
     assert out.dtype == att.dtype == np.float32 and att.shape == (2, 3, 9, 9)
     np.testing.assert_allclose(att.sum(-1), 1.0, rtol=1e-6)
@@ -138,17 +139,17 @@ def test_reference_backward_against_finite_differences():
     qkv = rng.standard_normal((B, T, 3 * C))
     dout = rng.standard_normal((B, T, C))
     numeric = gradcheck.numerical_gradient(lambda x: A.attention_forward(x, NH)[0], qkv, dout)
-    _, att = A.attention_forward(qkv, NH)
+    out, att = A.attention_forward(qkv, NH)
     dqkv = np.zeros_like(qkv)
-    A.attention_backward(dqkv, dout, qkv, att, NH)
+    A.attention_backward(dqkv, dout, qkv, out, NH, att=att)
     gradcheck.assert_gradient("attention_backward", dqkv, numeric)
     before = dqkv.copy()
-    A.attention_backward(dqkv, dout, qkv, att, NH)  # accumulates
+    A.attention_backward(dqkv, dout, qkv, None, NH)  # accumulates; att recomputed when not given
     np.testing.assert_allclose(dqkv, 2 * before)
 
 
 def test_logsumexp_is_the_softmax_denominator():
-    qkv, _, _ = data(1, 7, 8)
+    qkv, _, _ = make_inputs(1, 7, 8)
     scores = A.causal_scores(qkv.astype(np.float64), 2)
     _, att = A.attention_forward(qkv.astype(np.float64), 2)
     lse = A.attention_logsumexp(qkv.astype(np.float64), 2)
@@ -179,10 +180,10 @@ def test_c_must_split_into_heads_and_qkv_into_three():
         A.forward(out, qkv, 5, version=1, att=att)
     with pytest.raises(ValueError, match=r"must be 3\*C, got 143"):
         A.forward(out, device.zeros((1, 5, 143)), 3, version=1, att=att)
-    with pytest.raises(ValueError, match=r"qkv must be \(B, T, 3C\)"):
+    with pytest.raises(ValueError, match=r"`qkv` must have 3 dimensions, got shape \(5, 144\)"):
         A.forward(out, device.zeros((5, 144)), 3, version=1, att=att)
-    with pytest.raises(ValueError, match="qkv must be float32, got float64"):
-        A.forward(out, np.zeros((1, 5, 144)), 3, version=1, att=att)
+    with pytest.raises(ValueError, match="`qkv` must be float32, got float64"):
+        A.forward(out, device.zeros((1, 5, 144), np.float64), 3, version=1, att=att)
 
 
 def test_buffers_are_required_with_the_right_shape():
@@ -197,15 +198,15 @@ def test_buffers_are_required_with_the_right_shape():
         A.backward(device.zeros(qkv.shape), out, qkv, out, 2, version=1, att=att, scratch=lse)
     with pytest.raises(ValueError, match=r"attention_backward2: `dout` must have shape \(2, 5, 64\)"):
         A.backward(device.zeros(qkv.shape), qkv, qkv, out, 2, version=2, lse=lse)
-    with pytest.raises(ValueError, match="no version 4"):
+    with pytest.raises(ValueError, match=r"attention.forward: no version 4; the versions are \[1, 2, 3\]"):
         A.forward(out, qkv, 2, version=4, lse=lse)
 
 
 def test_warp_versions_need_whole_warps():
     out, qkv, att, lse = buffers(1, 5, 64, 2)
     for version in (2, 3):
-        with pytest.raises(ValueError, match=f"attention_forward{version} gives each warp a row: block_size must be "
-                                             f"a multiple of 32.*got 100"):
+        with pytest.raises(ValueError, match=f"attention_forward{version} reduces with full-warp shuffles: "
+                                             f"block_size must be a multiple of 32, got 100"):
             A.forward(out, qkv, 2, version=version, lse=lse, block_size=100)
         with pytest.raises(ValueError, match="multiple of 32"):
             A.backward(device.zeros(qkv.shape), out, qkv, out, 2, version=version, lse=lse, block_size=48)
@@ -213,8 +214,8 @@ def test_warp_versions_need_whole_warps():
 
 def test_version3_shared_memory_must_fit():
     out, qkv, att, lse = buffers(1, 5, 256, 2)  # hs = 128
-    with pytest.raises(ValueError, match=r"attention_forward3: hs=128 with block_size=1024 needs 53376 bytes of "
-                                         r"shared memory, more than 49152"):
+    with pytest.raises(ValueError, match=r"attention_forward3: hs=128 with block_size=1024 needs 53,376 bytes of "
+                                         r"shared memory, more than the 48 KiB a block may use: use a smaller"):
         A.forward(out, qkv, 2, version=3, lse=lse, block_size=1024)
     with pytest.raises(ValueError, match="attention_backward3: hs=128 with block_size=512 needs"):
         A.backward(device.zeros(qkv.shape), out, qkv, out, 2, version=3, lse=lse, block_size=512)
@@ -223,10 +224,9 @@ def test_version3_shared_memory_must_fit():
 def test_version3_grid_y_limit():
     # B*NH = 65536 (b, h) pairs: one too many for grid.y (broadcast views: the shapes without the memory)
     B, T, C, NH = 2**15, 1, 2, 2
-    zero = np.zeros(1, np.float32)
-    qkv, out, lse = (np.broadcast_to(zero, shape) for shape in [(B, T, 3 * C), (B, T, C), (B, NH, T)])
-    with pytest.raises(ValueError, match=r"attention_forward3 puts the \(b, h\) pairs on the grid's y axis.*"
-                                         r"B\*NH must be <= 65535, got B=32768, NH=2: 65536"):
+    qkv, out, lse = (oversized(shape) for shape in [(B, T, 3 * C), (B, T, C), (B, NH, T)])
+    with pytest.raises(ValueError, match=r"attention_forward3 puts the \(b, h\) pairs \(B\*NH = 32768\*2\) on the "
+                                         r"grid's y axis, which has at most 65535 blocks: got 65536"):
         A.forward(out, qkv, NH, version=3, lse=lse)
     with pytest.raises(ValueError, match="attention_backward3 puts the"):
         A.backward(qkv, out, qkv, out, NH, version=3, lse=lse)
@@ -236,17 +236,19 @@ def test_32bit_indices_are_checked():
     # T*T = 2.2e9 > 2^31: the (T, T) matrix of version 1 cannot be indexed with int (qkv itself is small)
     B, T, C, NH = 1, 47_000, 3, 1
     qkv, out = device.zeros((B, T, 3 * C)), device.empty((B, T, C))
-    with pytest.raises(ValueError, match=r"attention_forward1 indexes the \(B, NH, T, T\) matrix with 32-bit ints: "
-                                         r"B\*NH\*T\*T must be < 2\^31, got B=1, NH=1, T=47000"):
+    with pytest.raises(ValueError, match=r"attention_forward1 indexes with 32-bit ints: B\*NH\*T\*T = 2,209,000,000 "
+                                         r"must be below 2\^31"):
         A.forward(out, qkv, NH, version=1, att=device.empty((1, 1, 1, 1)))
     with pytest.raises(ValueError, match="attention_backward1 indexes"):
         A.backward(device.zeros(qkv.shape), out, qkv, out, NH, version=1, att=device.empty((1, 1, 1, 1)))
     # every version indexes qkv with int: B*T*3C < 2^31 (a broadcast view: the shape without the memory)
-    huge = np.broadcast_to(np.zeros(1, np.float32), (2, 2**20, 3 * 384))
-    for version in sorted(A.VERSIONS):
-        with pytest.raises(ValueError, match=f"attention_forward{version}: .*B\\*T\\*3C must be < 2\\^31, got 2415919104"):
+    huge = oversized((2, 2**20, 3 * 384))
+    for version in sorted(A.VERSIONS["forward"]):
+        with pytest.raises(ValueError, match=f"attention_forward{version} indexes with 32-bit ints: B\\*T\\*3C = "
+                                             f"2,415,919,104 must be below"):
             A.forward(out, huge, 6, version=version)
 
 
 def test_versions_are_described():
-    assert sorted(A.VERSIONS) == [1, 2, 3] and all(isinstance(d, str) and d for d in A.VERSIONS.values())
+    for step in ("forward", "backward"):
+        assert sorted(A.VERSIONS[step]) == [1, 2, 3] and all(isinstance(d, str) and d for d in A.VERSIONS[step].values())

@@ -51,7 +51,7 @@ class NumpyOps:
         out[...], att[...] = o, probs
 
     def attention_backward(self, dqkv, dout, qkv, out, n_head, att=None, lse=None):
-        attention_ops.attention_backward(dqkv, dout, qkv, att, n_head)
+        attention_ops.attention_backward(dqkv, dout, qkv, out, n_head, att=att)
 
     def gelu_forward(self, out, x):
         fast_numpy.gelu_forward(out, x)

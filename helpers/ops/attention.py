@@ -20,30 +20,37 @@ Memory the kernel versions need besides qkv and out (plan it from here):
     version 2  lse (B, NH, T) from the forward, kept for the backward; the backward allocates a
                (B, NH, T) scratch (D = rowsum(dout * out)) unless one is passed
     version 3  as version 2
+
+Kernels: cuda/attention.cu (reductions from cuda/common.cuh) · notebook: notebooks/04_attention.ipynb ·
+tests: tests/test_op_attention.py
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from .. import ceil_div
 from ..runtime import device
+from .common import Launch, ceil_div, check_array, check_block, check_grid_y, check_int32, check_shared_memory, \
+    check_version, run, shape_of
 
+#: Kernel versions in cuda/attention.cu: attention_forward<N>[_part], attention_backward<N>_part.
 VERSIONS = {
-    1: "naive: scores, softmax and att @ v as three kernels, the (B, NH, T, T) matrix in memory; "
-       "backward in four kernels through a (T, T) scratch",
-    2: "fused: one warp per query row, online softmax, only the row's log-sum-exp stored; backward "
-       "recomputes the probabilities (flash-attention-2 style), one warp per query row (dq) and per key row (dk, dv)",
-    3: "tiled: K/V (and Q/dy) tiles of 32 rows in shared memory shared by the warps of a block, one key per "
-       "lane, one online-softmax update per tile of 32 keys",
+    "forward": {
+        1: "naive: scores, softmax and att @ v as three kernels, the (B, NH, T, T) matrix in memory",
+        2: "fused: one warp per query row, online softmax, only the row's log-sum-exp stored",
+        3: "tiled: K/V tiles of 32 rows in shared memory shared by the warps of a block, one key per lane, "
+           "one online-softmax update per tile of 32 keys",
+    },
+    "backward": {
+        1: "naive: four kernels through a (B, NH, T, T) scratch (datt, then dscores)",
+        2: "recomputes the probabilities from lse (flash-attention-2 style): one warp per query row (dq) "
+           "and per key row (dk, dv)",
+        3: "tiled: Q/dy and K/V tiles of 32 rows in shared memory, as forward version 3",
+    },
 }
 
 MAX_HEAD_SIZE = 128      # versions 2 and 3: a lane holds channels lane, lane + 32, lane + 64, lane + 96
-INT32_MAX = 2**31 - 1    # the kernels index with 32-bit ints
-MAX_SHARED = 48 * 1024   # bytes of dynamic shared memory a launch may ask for without opting in
-MAX_GRID_Y = 65535       # blocks along a grid's y axis
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,8 +99,12 @@ def attention_forward(qkv, n_head):
     return out, att
 
 
-def attention_backward(dqkv, dout, qkv, att, n_head):
-    """Add dL/dqkv into dqkv (B, T, 3C), given dout = dL/dout (B, T, C) and the forward's att."""
+def attention_backward(dqkv, dout, qkv, out, n_head, *, att=None):
+    """Add dL/dqkv into dqkv (B, T, 3C), given dout = dL/dout (B, T, C); the arguments of the
+    wrapper `backward`. att is the forward's probabilities (recomputed from qkv when not given);
+    out, which kernel versions 2 and 3 read, is not needed here (None is fine)."""
+    if att is None:
+        att = attention_forward(qkv, n_head)[1]
     B, T, C3 = qkv.shape
     C = C3 // 3
     scale = 1.0 / math.sqrt(C // n_head)
@@ -112,60 +123,41 @@ def attention_backward(dqkv, dout, qkv, att, n_head):
 
 
 # ------------------------------------------------------------------------------------------------
-# Launch wrappers
+# Kernel wrappers
 # ------------------------------------------------------------------------------------------------
-def _module():
-    return device.load_module("attention.cu")   # cached; recompiled when the file changes
+def module():
+    """cuda/attention.cu, compiled for the active backend (device.load_module caches it)."""
+    return device.load_module("attention.cu")
 
 
-def _expect(name, a, shape, what):
-    if a is None:
-        raise ValueError(f"{what}: `{name}` is required, a float32 array of shape {shape}")
-    if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"{what}: `{name}` must have shape {shape}, got {tuple(a.shape)}")
-    if a.dtype != np.float32:
-        raise ValueError(f"{what}: `{name}` must be float32, got {a.dtype}")
+def _expect(kernel, name, a, shape):
+    check_array(kernel, name, a, shape=shape)
 
 
-def _dims(qkv, n_head, what):
+def _dims(kernel, qkv, n_head):
     """B, T, C, hs from qkv's shape, with the assumptions every version makes."""
-    if qkv.ndim != 3:
-        raise ValueError(f"{what}: qkv must be (B, T, 3C), got shape {tuple(qkv.shape)}")
-    B, T, C3 = (int(d) for d in qkv.shape)
+    check_array(kernel, "qkv", qkv, 3)
+    B, T, C3 = shape_of(qkv)
     if C3 % 3:
-        raise ValueError(f"{what}: qkv's last dimension holds q, k and v: it must be 3*C, got {C3}")
+        raise ValueError(f"{kernel}: qkv's last dimension holds q, k and v: it must be 3*C, got {C3}")
     C = C3 // 3
-    if n_head < 1 or C % n_head:
-        raise ValueError(f"{what}: C must be a multiple of n_head (heads of hs = C / n_head channels), "
-                         f"got C={C}, n_head={n_head}")
-    if qkv.dtype != np.float32:
-        raise ValueError(f"{what}: qkv must be float32, got {qkv.dtype}")
-    if B * T * C3 > INT32_MAX:
-        raise ValueError(f"{what}: the kernels index qkv with 32-bit ints: B*T*3C must be < 2^31, got {B * T * C3}")
+    if isinstance(n_head, bool) or not isinstance(n_head, (int, np.integer)) or n_head < 1 or C % n_head:
+        raise ValueError(f"{kernel}: C must be a multiple of n_head (heads of hs = C / n_head channels), "
+                         f"got C={C}, n_head={n_head!r}")
+    check_int32(kernel, **{"B*T*3C": B * T * C3})
     return B, T, C, C // n_head
 
 
-def _check_version(version, what):
-    if version not in VERSIONS:
-        raise ValueError(f"{what}: no version {version!r}; versions: {sorted(VERSIONS)}")
-
-
-def _check_matrix_fits(B, n_head, T, what):
-    if B * n_head * T * T > INT32_MAX:
-        raise ValueError(f"{what} indexes the (B, NH, T, T) matrix with 32-bit ints: B*NH*T*T must be < 2^31, "
-                         f"got B={B}, NH={n_head}, T={T}: {B * n_head * T * T}")
-
-
-def _check_head_size(hs, what):
+def _check_head_size(kernel, hs):
     if hs > MAX_HEAD_SIZE:
-        raise ValueError(f"{what}: a lane holds at most 4 channels of a head in registers: head size hs = C / n_head "
+        raise ValueError(f"{kernel}: a lane holds at most 4 channels of a head in registers: head size hs = C / n_head "
                          f"must be <= {MAX_HEAD_SIZE}, got hs={hs} (use version 1)")
 
 
-def _check_warps(block_size, what):
-    if block_size % 32 or not 32 <= block_size <= 1024:
-        raise ValueError(f"{what} gives each warp a row: block_size must be a multiple of 32 (at most 1024), "
-                         f"got {block_size}")
+def _block_size(kernel, block_size, default, whole_warps):
+    bs = default if block_size is None else block_size
+    check_block(kernel, bs, whole_warps)
+    return bs
 
 
 def forward3_shared_bytes(hs, block_size):
@@ -186,64 +178,80 @@ def backward3_dkdv_shared_bytes(hs, block_size):
     return 4 * (2 * 32 * (hs + 1) + 64 + 2 * nw * hs + 2 * nw * 32)
 
 
-def _check_grid_y(B, n_head, what):
-    if B * n_head > MAX_GRID_Y:
-        raise ValueError(f"{what} puts the (b, h) pairs on the grid's y axis, which has at most {MAX_GRID_Y} blocks: "
-                         f"B*NH must be <= {MAX_GRID_Y}, got B={B}, NH={n_head}: {B * n_head}")
+def _check_version3(kernel, B, n_head, hs, bs, smem):
+    check_shared_memory(kernel, smem, f"hs={hs} with block_size={bs}", "use a smaller block_size")
+    check_grid_y(kernel, B * n_head, f"the (b, h) pairs (B*NH = {B}*{n_head})")
 
 
-def _check_shared(nbytes, hs, block_size, what):
-    if nbytes > MAX_SHARED:
-        raise ValueError(f"{what}: hs={hs} with block_size={block_size} needs {nbytes} bytes of shared memory, "
-                         f"more than {MAX_SHARED}: use a smaller block_size")
+def launches(step: str, *args, version: int, **options) -> list[Launch]:
+    """The checked launches of `forward` or `backward` (same arguments), in the order they run."""
+    check_version("attention", step, version, VERSIONS)
+    return (_forward_launches if step == "forward" else _backward_launches)(*args, version=version, **options)
 
 
-@dataclass
-class Launch:
-    """One kernel launch of a version, ready to run (`launch()`) or to race-check
-    (`device.racecheck(launch.fn, launch.grid, launch.block, launch.args, launch.shared_mem)`)."""
-    fn: object
-    grid: tuple
-    block: tuple
-    args: tuple
-    shared_mem: int = 0
-
-    @property
-    def name(self):
-        return self.fn.name
-
-    def __call__(self):
-        self.fn(self.grid, self.block, self.args, shared_mem=self.shared_mem)
-
-
-def forward_launches(out, qkv, n_head, version=1, *, att=None, lse=None, block_size=None) -> list[Launch]:
-    """The launches of `forward` (same arguments), in order, after checking the version's assumptions."""
-    what = f"attention_forward{version}"
-    _check_version(version, what)
-    B, T, C, hs = _dims(qkv, n_head, what)
-    _expect("out", out, (B, T, C), what)
-    fn = _module().get_function
+def _forward_launches(out, qkv, n_head, *, version, att=None, lse=None, block_size=None):
+    kernel = f"attention_forward{version}"
+    B, T, C, hs = _dims(kernel, qkv, n_head)
+    _expect(kernel, "out", out, (B, T, C))
+    fn = module().get_function
     args = (qkv, B, T, C, n_head)
     if version == 1:
-        _check_matrix_fits(B, n_head, T, what)
-        _expect("att", att, (B, n_head, T, T), what)
-        bs = block_size or 256
+        check_int32(kernel, **{"B*NH*T*T": B * n_head * T * T})
+        _expect(kernel, "att", att, (B, n_head, T, T))
+        bs = _block_size(kernel, block_size, 256, whole_warps=False)
         return [Launch(fn("attention_forward1_scores"), (ceil_div(B * n_head * T * T, bs),), (bs,), (att, *args)),
                 Launch(fn("attention_forward1_softmax"), (ceil_div(B * n_head * T, bs),), (bs,), (att, B, n_head, T)),
                 Launch(fn("attention_forward1_values"), (ceil_div(B * T * C, bs),), (bs,), (out, att, *args))]
-    _check_head_size(hs, what)
-    _expect("lse", lse, (B, n_head, T), what)
-    bs = block_size or (128 if version == 2 else 256)
-    _check_warps(bs, what)
+    _check_head_size(kernel, hs)
+    _expect(kernel, "lse", lse, (B, n_head, T))
+    bs = _block_size(kernel, block_size, 128 if version == 2 else 256, whole_warps=True)
     if version == 2:
         return [Launch(fn("attention_forward2"), (ceil_div(B * n_head * T, bs // 32),), (bs,), (out, lse, *args))]
     smem = forward3_shared_bytes(hs, bs)
-    _check_shared(smem, hs, bs, what)
-    _check_grid_y(B, n_head, what)
+    _check_version3(kernel, B, n_head, hs, bs, smem)
     return [Launch(fn("attention_forward3"), (ceil_div(T, bs // 32), B * n_head), (bs,), (out, lse, *args), smem)]
 
 
-def forward(out, qkv, n_head, version=1, *, att=None, lse=None, block_size=None) -> None:
+def _backward_launches(dqkv, dout, qkv, out, n_head, *, version, att=None, lse=None, scratch=None, block_size=None):
+    kernel = f"attention_backward{version}"
+    B, T, C, hs = _dims(kernel, qkv, n_head)
+    _expect(kernel, "dqkv", dqkv, (B, T, 3 * C))
+    _expect(kernel, "dout", dout, (B, T, C))
+    fn = module().get_function
+    dims = (B, T, C, n_head)
+    if version == 1:
+        check_int32(kernel, **{"B*NH*T*T": B * n_head * T * T})
+        _expect(kernel, "att", att, (B, n_head, T, T))
+        scratch = device.empty((B, n_head, T, T)) if scratch is None else scratch
+        _expect(kernel, "scratch", scratch, (B, n_head, T, T))
+        bs = _block_size(kernel, block_size, 256, whole_warps=False)
+        return [
+            Launch(fn("attention_backward1_datt"), (ceil_div(B * n_head * T * T, bs),), (bs,), (scratch, dout, qkv, *dims)),
+            Launch(fn("attention_backward1_softmax"), (ceil_div(B * n_head * T, bs),), (bs,), (scratch, att, B, n_head, T)),
+            Launch(fn("attention_backward1_dq"), (ceil_div(B * T * C, bs),), (bs,), (dqkv, scratch, qkv, *dims)),
+            Launch(fn("attention_backward1_dkdv"), (ceil_div(B * T * C, bs),), (bs,),
+                   (dqkv, scratch, att, dout, qkv, *dims))]
+    _check_head_size(kernel, hs)
+    _expect(kernel, "out", out, (B, T, C))
+    _expect(kernel, "lse", lse, (B, n_head, T))
+    bs = _block_size(kernel, block_size, 128 if version == 2 else 256, whole_warps=True)
+    if version == 3:
+        smem_dq, smem_dkdv = backward3_dq_shared_bytes(hs, bs), backward3_dkdv_shared_bytes(hs, bs)
+        _check_version3(kernel, B, n_head, hs, bs, max(smem_dq, smem_dkdv))
+    scratch = device.empty((B, n_head, T)) if scratch is None else scratch
+    _expect(kernel, "scratch", scratch, (B, n_head, T))
+    rows = B * n_head * T
+    grads = (dqkv, dout, qkv, lse, scratch, *dims)
+    runs = [Launch(fn("attention_backward2_preprocess"), (ceil_div(rows, 128),), (128,), (scratch, dout, out, *dims))]
+    if version == 2:
+        return runs + [Launch(fn("attention_backward2_dq"), (ceil_div(rows, bs // 32),), (bs,), grads),
+                       Launch(fn("attention_backward2_dkdv"), (ceil_div(rows, bs // 32),), (bs,), grads)]
+    grid = (ceil_div(T, bs // 32), B * n_head)
+    return runs + [Launch(fn("attention_backward3_dq"), grid, (bs,), grads, smem_dq),
+                   Launch(fn("attention_backward3_dkdv"), grid, (bs,), grads, smem_dkdv)]
+
+
+def forward(out, qkv, n_head, version=3, *, att=None, lse=None, block_size=None) -> None:
     """out (B, T, C) = causal self-attention of qkv (B, T, 3C) with n_head heads, on the device.
 
     version 1: needs `att`, a (B, NH, T, T) float32 buffer; it is left holding the probabilities
@@ -255,55 +263,10 @@ def forward(out, qkv, n_head, version=1, *, att=None, lse=None, block_size=None)
     version 3: like version 2 (same `lse`), tiled; default block_size 256 (8 query rows per block),
                its shared memory (forward3_shared_bytes) must fit in 48 KiB, B*NH <= 65535.
     """
-    for launch in forward_launches(out, qkv, n_head, version, att=att, lse=lse, block_size=block_size):
-        launch()
+    run(launches("forward", out, qkv, n_head, version=version, att=att, lse=lse, block_size=block_size))
 
 
-def backward_launches(dqkv, dout, qkv, out, n_head, version=1, *, att=None, lse=None, scratch=None,
-                      block_size=None) -> list[Launch]:
-    """The launches of `backward` (same arguments), in order; allocates the scratch if none is given."""
-    what = f"attention_backward{version}"
-    _check_version(version, what)
-    B, T, C, hs = _dims(qkv, n_head, what)
-    _expect("dqkv", dqkv, (B, T, 3 * C), what)
-    _expect("dout", dout, (B, T, C), what)
-    fn = _module().get_function
-    dims = (B, T, C, n_head)
-    if version == 1:
-        _check_matrix_fits(B, n_head, T, what)
-        _expect("att", att, (B, n_head, T, T), what)
-        scratch = device.empty((B, n_head, T, T)) if scratch is None else scratch
-        _expect("scratch", scratch, (B, n_head, T, T), what)
-        bs = block_size or 256
-        return [
-            Launch(fn("attention_backward1_datt"), (ceil_div(B * n_head * T * T, bs),), (bs,), (scratch, dout, qkv, *dims)),
-            Launch(fn("attention_backward1_softmax"), (ceil_div(B * n_head * T, bs),), (bs,), (scratch, att, B, n_head, T)),
-            Launch(fn("attention_backward1_dq"), (ceil_div(B * T * C, bs),), (bs,), (dqkv, scratch, qkv, *dims)),
-            Launch(fn("attention_backward1_dkdv"), (ceil_div(B * T * C, bs),), (bs,),
-                   (dqkv, scratch, att, dout, qkv, *dims))]
-    _check_head_size(hs, what)
-    _expect("out", out, (B, T, C), what)
-    _expect("lse", lse, (B, n_head, T), what)
-    bs = block_size or (128 if version == 2 else 256)
-    _check_warps(bs, what)
-    if version == 3:
-        smem_dq, smem_dkdv = backward3_dq_shared_bytes(hs, bs), backward3_dkdv_shared_bytes(hs, bs)
-        _check_shared(max(smem_dq, smem_dkdv), hs, bs, what)
-        _check_grid_y(B, n_head, what)
-    scratch = device.empty((B, n_head, T)) if scratch is None else scratch
-    _expect("scratch", scratch, (B, n_head, T), what)
-    rows = B * n_head * T
-    grads = (dqkv, dout, qkv, lse, scratch, *dims)
-    launches = [Launch(fn("attention_backward2_preprocess"), (ceil_div(rows, 128),), (128,), (scratch, dout, out, *dims))]
-    if version == 2:
-        return launches + [Launch(fn("attention_backward2_dq"), (ceil_div(rows, bs // 32),), (bs,), grads),
-                           Launch(fn("attention_backward2_dkdv"), (ceil_div(rows, bs // 32),), (bs,), grads)]
-    grid = (ceil_div(T, bs // 32), B * n_head)
-    return launches + [Launch(fn("attention_backward3_dq"), grid, (bs,), grads, smem_dq),
-                       Launch(fn("attention_backward3_dkdv"), grid, (bs,), grads, smem_dkdv)]
-
-
-def backward(dqkv, dout, qkv, out, n_head, version=1, *, att=None, lse=None, scratch=None, block_size=None) -> None:
+def backward(dqkv, dout, qkv, out, n_head, version=3, *, att=None, lse=None, scratch=None, block_size=None) -> None:
     """Add dL/dqkv into dqkv (B, T, 3C), given dout (B, T, C) and what the forward left.
 
     version 1: `att` (B, NH, T, T) from forward version 1; uses a (B, NH, T, T) float32 scratch
@@ -315,6 +278,5 @@ def backward(dqkv, dout, qkv, out, n_head, version=1, *, att=None, lse=None, scr
     version 3: as version 2, tiled (default block_size 256; shared memory, see
                backward3_dq_shared_bytes and backward3_dkdv_shared_bytes, within 48 KiB; B*NH <= 65535).
     """
-    for launch in backward_launches(dqkv, dout, qkv, out, n_head, version, att=att, lse=lse, scratch=scratch,
-                                    block_size=block_size):
-        launch()
+    run(launches("backward", dqkv, dout, qkv, out, n_head, version=version, att=att, lse=lse, scratch=scratch,
+                 block_size=block_size))
