@@ -1,5 +1,7 @@
 // classifier.cu: GPT-2's last layer turned into a loss and its gradient: softmax, cross-entropy,
-// and the backward pass of both (notebooks/06_classifier.ipynb).
+// and the backward pass of both. Wrapper: helpers/ops/classifier.py (one step, `forward`, which
+// computes the losses and dlogits together) · notebook: notebooks/06_classifier.ipynb · tests:
+// tests/test_op_classifier.py.
 //
 // The input is logits (N, Vp), N = B*T rows, one per position: row n holds a score for every token
 // of the vocabulary. Only the first V columns are real tokens; llm.c pads the vocabulary from
@@ -17,8 +19,9 @@
 //     softmax_forward1: one thread per row: a pass for the max, one for the sum of exp (writing the
 //         exponentials to probs), one that normalises; zeros in the padded columns.
 //     crossentropy_forward1: one thread per row: losses[n] = -log probs[n, targets[n]].
-//     crossentropy_softmax_backward1: one thread per element: dlogits += (probs - onehot) * dloss,
-//         accumulating like every backward kernel of the curriculum.
+//     crossentropy_softmax_backward1: one thread per element: dlogits = (probs - onehot) * dloss,
+//         WRITTEN, as versions 2 and 3 do (see there why), so dlogits may be the logits array:
+//         the two kernels before it have read the logits for the last time.
 //     The probabilities are stored: (N, Vp) floats, 1.65 GB for GPT-2 124M at B=8, T=1024, written
 //     once and read twice. And one thread per row is slow on a GPU: a few thousand threads, each
 //     walking 50257 columns alone, neighbouring threads 200 KB apart in memory.
@@ -78,8 +81,8 @@ extern "C" __global__ void crossentropy_forward1(float* losses, const float* pro
     }
 }
 
-// dlogits[n, v] += (probs[n, v] - [v == targets[n]]) * dloss; one thread per element of (N, Vp).
-// The padded columns get += 0, since softmax_forward1 wrote probs = 0 there.
+// dlogits[n, v] = (probs[n, v] - [v == targets[n]]) * dloss; one thread per element of (N, Vp).
+// The padded columns get 0, since softmax_forward1 wrote probs = 0 there.
 extern "C" __global__ void crossentropy_softmax_backward1(float* dlogits, const float* probs, const int* targets,
                                                          float dloss, int N, int Vp) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;  // the wrapper checks that N * Vp fits an int
@@ -87,7 +90,7 @@ extern "C" __global__ void crossentropy_softmax_backward1(float* dlogits, const 
         int n = i / Vp;
         int v = i % Vp;
         float indicator = (v == targets[n]) ? 1.0f : 0.0f;
-        dlogits[i] += (probs[i] - indicator) * dloss;
+        dlogits[i] = (probs[i] - indicator) * dloss;
     }
 }
 

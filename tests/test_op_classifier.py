@@ -14,6 +14,7 @@ from helpers.ops import classifier
 from helpers.runtime import cpu_backend, device
 from helpers.runtime.launch_checks import check_config, convert_args
 from helpers.teaching import gradcheck
+from support import oversized
 
 TOL = 1e-4
 
@@ -42,7 +43,7 @@ def reference(logits, targets, V, dloss):
     """float64 probs, losses, dlogits of the float32 inputs."""
     x = logits.astype(np.float64)
     probs = classifier.softmax_forward(x, V)
-    losses, dlogits = classifier.classifier_forward_backward(x, targets, V, dloss)
+    losses, dlogits = classifier.classifier_forward(x, targets, V, dloss)
     return probs, losses, dlogits
 
 
@@ -71,7 +72,7 @@ def test_reference_softmax_and_loss():
 def test_reference_backward_against_finite_differences(B, T, V, Vp):
     logits, targets, dloss = make_inputs(B, T, V, Vp, seed=1)
     x = np.nan_to_num(logits.astype(np.float64) / 50.0)  # moderate values; pads 0 (they must not matter)
-    _, dlogits = classifier.classifier_forward_backward(x, targets, V, dloss)
+    _, dlogits = classifier.classifier_forward(x, targets, V, dloss)
 
     def losses_of(z):
         return classifier.crossentropy_forward(classifier.softmax_forward(z, V), targets)
@@ -87,7 +88,7 @@ def test_reference_backward_accumulates():
     start = np.random.default_rng(2).standard_normal(probs.shape)
     dlogits = start.copy()
     assert classifier.crossentropy_softmax_backward(dlogits, probs, targets, dloss) is None
-    _, fresh = classifier.classifier_forward_backward(logits.astype(np.float64), targets, 7, dloss)
+    _, fresh = classifier.classifier_forward(logits.astype(np.float64), targets, 7, dloss)
     assert np.allclose(dlogits, start + fresh)
 
 
@@ -99,33 +100,27 @@ def test_version1_against_reference(B, T, V, Vp):
     logits, targets, dloss = make_inputs(B, T, V, Vp)
     ref_probs, ref_losses, ref_dlogits = reference(logits, targets, V, dloss)
     logits, targets = device.asarray(logits), device.asarray(targets)
-
-    probs = device.empty((B, T, Vp))
-    classifier.softmax(probs, logits, V, version=1)
+    probs, losses = device.empty((B, T, Vp)), device.empty((B, T))
+    # dlogits holds something: the kernels WRITE it (as the fused versions do), they do not add to it
+    dlogits = device.asarray(np.random.default_rng(3).standard_normal((B, T, Vp)).astype(np.float32))
+    classifier.forward(losses, dlogits, logits, targets, V, dloss, version=1, probs=probs)
     check("softmax_forward1", probs, ref_probs, atol=TOL, rtol=TOL)
     assert (device.asnumpy(probs)[..., V:] == 0).all(), "padded columns must hold probability 0"
-
-    losses = device.empty((B, T))
-    classifier.crossentropy(losses, probs, targets, version=1)
     check("crossentropy_forward1", losses, ref_losses, atol=TOL, rtol=TOL)
-
-    # accumulates into what is there
-    start = np.random.default_rng(3).standard_normal((B, T, Vp)).astype(np.float32) * np.float32(dloss)
-    dlogits = device.asarray(start.copy())
-    classifier.crossentropy_softmax_backward(dlogits, probs, targets, dloss, version=1)
-    check("crossentropy_softmax_backward1", dlogits, start + ref_dlogits, atol=TOL * dloss, rtol=TOL)
+    check("crossentropy_softmax_backward1", dlogits, ref_dlogits, atol=TOL * dloss, rtol=TOL)
 
 
 def test_version1_racecheck():
     B, T, V, Vp = 3, 37, 101, 103
     logits, targets, dloss = make_inputs(B, T, V, Vp)
     logits, targets = device.asarray(logits), device.asarray(targets)
-    probs = device.empty((B, T, Vp))
-    device.racecheck(*classifier.softmax_launch(probs, logits, V, version=1))
-    classifier.softmax(probs, logits, V, version=1)
-    device.racecheck(*classifier.crossentropy_launch(device.empty((B, T)), probs, targets, version=1))
-    device.racecheck(*classifier.crossentropy_softmax_backward_launch(device.zeros((B, T, Vp)), probs,
-                                                                      targets, dloss, version=1))
+    args = (device.empty((B, T)), device.empty((B, T, Vp)), logits, targets, V, dloss)
+    launches = classifier.launches("forward", *args, version=1, probs=device.empty((B, T, Vp)))
+    assert [launch.name for launch in launches] == ["softmax_forward1", "crossentropy_forward1",
+                                                    "crossentropy_softmax_backward1"]
+    for launch in launches:  # each reads what the one before wrote
+        device.racecheck(*launch)
+        launch()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,7 +136,7 @@ def test_fused_against_reference(version, shape):
     _, ref_losses, ref_dlogits = reference(logits, targets, V, dloss)
     logits, targets = device.asarray(logits), device.asarray(targets)
     losses, dlogits = device.empty((B, T)), device.empty((B, T, Vp))
-    classifier.fused_classifier(losses, dlogits, logits, targets, V, dloss, version=version)
+    classifier.forward(losses, dlogits, logits, targets, V, dloss, version=version)
     check_fused(f"fused_classifier{version}", losses, dlogits, ref_losses, ref_dlogits, dloss)
     assert (device.asnumpy(dlogits)[..., V:] == 0).all(), "padded columns must get gradient 0"
 
@@ -154,7 +149,7 @@ def test_fused_block_sizes(version, block_size):
     _, ref_losses, ref_dlogits = reference(logits, targets, V, dloss)
     logits, targets = device.asarray(logits), device.asarray(targets)
     losses, dlogits = device.empty((B, T)), device.empty((B, T, Vp))
-    classifier.fused_classifier(losses, dlogits, logits, targets, V, dloss, version=version, block_size=block_size)
+    classifier.forward(losses, dlogits, logits, targets, V, dloss, version=version, block_size=block_size)
     check_fused(f"fused_classifier{version} ({block_size} threads)", losses, dlogits, ref_losses, ref_dlogits, dloss)
 
 
@@ -163,8 +158,9 @@ def test_fused_racecheck(version):
     B, T, V, Vp = 3, 37, 101, 104
     logits, targets, dloss = make_inputs(B, T, V, Vp)
     logits, targets = device.asarray(logits), device.asarray(targets)
-    device.racecheck(*classifier.fused_classifier_launch(device.empty((B, T)), device.empty((B, T, Vp)), logits,
-                                                         targets, V, dloss, version=version, block_size=64))
+    [launch] = classifier.launches("forward", device.empty((B, T)), device.empty((B, T, Vp)), logits, targets, V,
+                                   dloss, version=version, block_size=64)
+    device.racecheck(*launch)
 
 
 def run_in_every_order(launch):
@@ -183,26 +179,28 @@ def run_in_every_order(launch):
     return results
 
 
-@pytest.mark.parametrize("version, shape", [(2, (3, 37, 101, 103)), (3, (3, 37, 101, 104)), (2, (2, 3, 1001, 1004))])
-def test_fused_in_place(version, shape):
+@pytest.mark.parametrize("version, shape", [(1, (3, 37, 101, 103)), (2, (3, 37, 101, 103)), (3, (3, 37, 101, 104)),
+                                            (2, (2, 3, 1001, 1004))])
+def test_in_place(version, shape):
     """dlogits written over the logits (llm.c's memory saving): the same bits as out of place, in every order."""
     B, T, V, Vp = shape
     logits, targets, dloss = make_inputs(B, T, V, Vp)
     _, ref_losses, ref_dlogits = reference(logits, targets, V, dloss)
     targets_d = device.asarray(targets)
     out_losses, out_dlogits = device.empty((B, T)), device.empty((B, T, Vp))
-    classifier.fused_classifier(out_losses, out_dlogits, device.asarray(logits), targets_d, V, dloss, version=version,
-                                block_size=64)
+    probs = dict(probs=device.empty((B, T, Vp))) if version == 1 else {}
+    classifier.forward(out_losses, out_dlogits, device.asarray(logits), targets_d, V, dloss, version=version,
+                       block_size=64, **probs)
     out_losses, out_dlogits = device.asnumpy(out_losses), device.asnumpy(out_dlogits)
 
     buf, losses = device.asarray(logits.copy()), device.empty((B, T))
-    classifier.fused_classifier(losses, buf, buf, targets_d, V, dloss, version=version, block_size=64)
+    classifier.forward(losses, buf, buf, targets_d, V, dloss, version=version, block_size=64, **probs)
     check_fused(f"fused_classifier{version} in place", losses, buf, ref_losses, ref_dlogits, dloss)
     assert np.array_equal(device.asnumpy(buf), out_dlogits) and np.array_equal(device.asnumpy(losses), out_losses)
 
-    if device.name == "cpu":
-        launch = classifier.fused_classifier_launch(device.empty((B, T)), logits, logits, targets, V, dloss,
-                                                    version=version, block_size=64)
+    if device.name == "cpu" and version > 1:
+        [launch] = classifier.launches("forward", device.empty((B, T)), logits, logits, targets, V, dloss,
+                                       version=version, block_size=64)
         for got_losses, got_buf, _ in run_in_every_order(launch):
             assert np.array_equal(got_buf, out_dlogits) and np.array_equal(got_losses, out_losses)
 
@@ -232,71 +230,71 @@ def test_in_place_order_check_catches_llmc_race(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Shape assumptions: clear errors, never a silent wrong answer
 # ------------------------------------------------------------------------------------------------
+def device_inputs(*shape, seed=0):
+    logits, targets, dloss = make_inputs(*shape, seed=seed)
+    return device.asarray(logits), device.asarray(targets), dloss
+
+
 def test_float4_version_needs_vp_multiple_of_4():
-    logits, targets, dloss = make_inputs(3, 37, 101, 103)
-    with pytest.raises(ValueError, match=r"fused_classifier3 loads float4: Vp .* must be a multiple of 4, got Vp=103"):
-        classifier.fused_classifier(device.empty((3, 37)), device.empty((3, 37, 103)), logits, targets, 101, dloss,
-                                    version=3)
+    logits, targets, dloss = device_inputs(3, 37, 101, 103)
+    with pytest.raises(ValueError, match=r"fused_classifier3 loads float4: Vp .* must be a multiple of 4, got .*=103"):
+        classifier.forward(device.empty((3, 37)), device.empty((3, 37, 103)), logits, targets, 101, dloss, version=3)
 
 
 @pytest.mark.parametrize("block_size", [100, 16, 2048])
 def test_fused_needs_whole_warps(block_size):
-    logits, targets, dloss = make_inputs(1, 2, 10, 12)
-    with pytest.raises(ValueError, match=rf"fused_classifier2 merges whole warps.*multiple of 32.*got {block_size}"):
-        classifier.fused_classifier(device.empty((1, 2)), device.empty((1, 2, 12)), logits, targets, 10, dloss,
-                                    block_size=block_size)
+    logits, targets, dloss = device_inputs(1, 2, 10, 12)
+    with pytest.raises(ValueError, match=rf"fused_classifier2.* block_size must be .*got {block_size}"):
+        classifier.forward(device.empty((1, 2)), device.empty((1, 2, 12)), logits, targets, 10, dloss, version=2,
+                           block_size=block_size)
 
 
-def test_v_must_fit_the_logits():
-    logits, targets, dloss = make_inputs(1, 2, 10, 12)
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_v_must_fit_the_logits(version):
+    logits, targets, dloss = device_inputs(1, 2, 10, 12)
     for V in (0, 13):
         with pytest.raises(ValueError, match=rf"V \(the real vocabulary\) must be in \[1, Vp=12\].*got V={V}"):
-            classifier.softmax(device.empty((1, 2, 12)), logits, V)
-        with pytest.raises(ValueError, match=rf"must be in \[1, Vp=12\].*got V={V}"):
-            classifier.fused_classifier(device.empty((1, 2)), device.empty((1, 2, 12)), logits, targets, V, dloss)
+            classifier.forward(device.empty((1, 2)), device.empty((1, 2, 12)), logits, targets, V, dloss,
+                               version=version, probs=device.empty((1, 2, 12)))
 
 
-def test_targets_must_be_real_tokens():
-    logits, targets, dloss = make_inputs(1, 2, 10, 12)
-    targets[0, 1] = 10  # a padded column
-    with pytest.raises(ValueError, match=r"targets must be token ids in \[0, V=10\), found values in \[\d+, 10\]"):
-        classifier.fused_classifier(device.empty((1, 2)), device.empty((1, 2, 12)), logits, targets, 10, dloss)
-    targets[0, 1] = -1
-    probs = np.zeros((1, 2, 12), np.float32)
-    with pytest.raises(ValueError, match=r"crossentropy_forward1: targets must be token ids in \[0, Vp=12\)"):
-        classifier.crossentropy(device.empty((1, 2)), probs, targets)
-    with pytest.raises(ValueError, match=r"crossentropy_softmax_backward1: targets .* \[-1, \d+\]"):
-        classifier.crossentropy_softmax_backward(np.zeros_like(probs), probs, targets, dloss, version=1)
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_targets_must_be_real_tokens(version):
+    logits, _, dloss = make_inputs(1, 2, 10, 12)
+    for bad in (10, -1):  # a padded column; not a token at all
+        targets = np.array([[3, bad]], np.int32)
+        with pytest.raises(ValueError, match=r"targets must be token ids in \[0, V=10\), found values in "
+                                             rf"\[{min(3, bad)}, {max(3, bad)}\]"):
+            classifier.forward(device.empty((1, 2)), device.empty((1, 2, 12)), device.asarray(logits),
+                               device.asarray(targets), 10, dloss, version=version, probs=device.empty((1, 2, 12)))
 
 
 def test_shapes_and_dtypes_are_checked():
-    logits, targets, dloss = make_inputs(2, 3, 10, 12)
+    logits, targets, dloss = device_inputs(2, 3, 10, 12)
     losses, dlogits = device.empty((2, 3)), device.empty((2, 3, 12))
-    with pytest.raises(ValueError, match=r"`losses` must be \(B, T\) = \(2, 3\).*got \(3, 2\)"):
-        classifier.fused_classifier(device.empty((3, 2)), dlogits, logits, targets, 10, dloss)
-    with pytest.raises(ValueError, match=r"`dlogits` must have the shape of `logits`, \(2, 3, 12\), got \(2, 3, 11\)"):
-        classifier.fused_classifier(losses, device.empty((2, 3, 11)), logits, targets, 10, dloss)
+    with pytest.raises(ValueError, match=r"`losses` must have shape \(2, 3\), got \(3, 2\)"):
+        classifier.forward(device.empty((3, 2)), dlogits, logits, targets, 10, dloss)
+    with pytest.raises(ValueError, match=r"`dlogits` must have shape \(2, 3, 12\), got \(2, 3, 11\)"):
+        classifier.forward(losses, device.empty((2, 3, 11)), logits, targets, 10, dloss)
     with pytest.raises(ValueError, match=r"`targets` must be int32, got int64"):
-        classifier.fused_classifier(losses, dlogits, logits, targets.astype(np.int64), 10, dloss)
+        classifier.forward(losses, dlogits, logits, targets.astype(np.int64), 10, dloss)
     with pytest.raises(ValueError, match=r"`logits` must be float32, got float64"):
-        classifier.softmax(dlogits, logits.astype(np.float64), 10)
+        classifier.forward(losses, dlogits, logits.astype(np.float64), targets, 10, dloss)
     with pytest.raises(ValueError, match=r"`logits` must have 3 dimensions, got shape \(6, 12\)"):
-        classifier.softmax(dlogits, logits.reshape(6, 12), 10)
-    with pytest.raises(ValueError, match=r"`probs` must have the shape of `logits`"):
-        classifier.softmax(device.empty((2, 3, 10)), logits, 10)
-    with pytest.raises(ValueError, match=r"no version 3; this function has versions \[1\]"):
-        classifier.softmax(dlogits, logits, 10, version=3)
-    with pytest.raises(ValueError, match=r"no version 1; this function has versions \[2, 3\]"):
-        classifier.fused_classifier(losses, dlogits, logits, targets, 10, dloss, version=1)
+        classifier.forward(losses, dlogits, logits.reshape(6, 12), targets, 10, dloss)
+    with pytest.raises(ValueError, match=r"classifier version 1: `probs` is required, a float32 array of shape "
+                                         r"\(2, 3, 12\)"):
+        classifier.forward(losses, dlogits, logits, targets, 10, dloss, version=1)
+    with pytest.raises(ValueError, match=r"classifier.forward: no version 4; the versions are \[1, 2, 3\]"):
+        classifier.forward(losses, dlogits, logits, targets, 10, dloss, version=4)
 
 
-def test_backward1_refuses_sizes_past_32_bit_indices(monkeypatch):
-    logits, targets, dloss = make_inputs(2, 3, 10, 12)
-    monkeypatch.setattr(classifier, "INT_MAX", 2 * 3 * 12 - 1)  # as if B*T*Vp were 2**31
-    with pytest.raises(ValueError, match=r"32-bit int: B\*T\*Vp must be below 2\*\*31, got 2\*3\*12 = 72"):
-        classifier.crossentropy_softmax_backward(np.zeros_like(logits), np.zeros_like(logits), targets, dloss,
-                                                 version=1)
+def test_version1_refuses_sizes_past_32_bit_indices():
+    B, T, V, Vp = 1, 2**16, 10, 2**15 + 4   # B*T*Vp = 2,147,745,792 (views over one float: never launched)
+    args = (device.empty((B, T)), oversized((B, T, Vp)), oversized((B, T, Vp)), device.zeros((B, T), np.int32))
+    with pytest.raises(ValueError, match=r"classifier version 1 indexes with 32-bit ints: B\*T\*Vp = 2,147,745,792"):
+        classifier.forward(*args, V, 1.0, version=1, probs=oversized((B, T, Vp)))
 
 
 def test_versions_are_listed():
-    assert sorted(classifier.VERSIONS) == [1, 2, 3]
+    assert sorted(classifier.VERSIONS["forward"]) == [1, 2, 3]

@@ -72,11 +72,9 @@ def _launch_every_op():
     Vp = 48
     logits, targets = d(B, T, Vp), device.asarray(rng.integers(0, V, (B, T)).astype(np.int32))
     probs = device.empty((B, T, Vp))
-    classifier.softmax(probs, logits, V)
-    classifier.crossentropy(device.empty((B, T)), probs, targets)
-    classifier.crossentropy_softmax_backward(device.zeros((B, T, Vp)), probs, targets, 0.1, version=1)
-    for v in (2, 3):
-        classifier.fused_classifier(device.empty((B, T)), device.empty((B, T, Vp)), logits, targets, V, 0.1, version=v)
+    for v in classifier.VERSIONS["forward"]:
+        classifier.forward(device.empty((B, T)), device.empty((B, T, Vp)), logits, targets, V, 0.1, version=v,
+                           probs=probs)
     for v in adamw.VERSIONS["update"]:
         adamw.update(d(64), d(64), device.zeros(64), device.zeros(64), 1, 1e-3, 0.9, 0.95, 1e-8, 0.1, version=v)
     for v in global_norm.VERSIONS["forward"]:
