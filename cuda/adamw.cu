@@ -1,4 +1,5 @@
-// adamw.cu: one AdamW optimizer step over all of GPT-2's parameters (notebooks/07_adamw.ipynb).
+// adamw.cu: one AdamW optimizer step over all of GPT-2's parameters.
+// Wrapper: helpers/ops/adamw.py · notebook: notebooks/07_adamw.ipynb · tests: tests/test_op_adamw.py.
 //
 // What this file computes: for every parameter p with gradient g and optimizer state m, v (the
 // running means of g and g^2), at step t = 1, 2, 3, ... (PyTorch's torch.optim.AdamW, as llm.c):

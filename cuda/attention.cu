@@ -1,4 +1,5 @@
 // attention.cu: GPT-2's causal self-attention, forward and backward, llm.c's layout.
+// Wrapper: helpers/ops/attention.py · notebook: notebooks/04_attention.ipynb · tests: tests/test_op_attention.py.
 //
 // Input qkv (B, T, 3C), the output of the qkv projection: for token t of sequence b,
 //     q = qkv[b, t, 0:C],  k = qkv[b, t, C:2C],  v = qkv[b, t, 2C:3C],

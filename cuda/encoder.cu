@@ -1,4 +1,5 @@
 // encoder.cu: GPT-2's first layer, the token + position encoder, forward and backward.
+// Wrapper: helpers/ops/encoder.py · notebook: notebooks/01_encoder.ipynb · tests: tests/test_op_encoder.py.
 //
 // Forward: each of the B*T positions of the batch holds a token id idx[b,t] in [0, V). Its
 // activation is the token's row of the embedding table wte (V, C) plus the position's row of wpe

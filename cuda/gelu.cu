@@ -1,4 +1,5 @@
-// gelu.cu: GPT-2's GELU activation, forward and backward (notebooks/05_gelu_residual.ipynb).
+// gelu.cu: GPT-2's GELU activation, forward and backward.
+// Wrapper: helpers/ops/gelu.py · notebook: notebooks/05_gelu_residual.ipynb · tests: tests/test_op_gelu.py.
 //
 // What this file computes. In every transformer block, the MLP is
 //     h = fc(ln2(x))            (B, T, 4C)

@@ -1,5 +1,5 @@
-// global_norm.cu: the squared global norm of the gradients, sum over all tensors of sum(g^2)
-// (notebooks/07_adamw.ipynb).
+// global_norm.cu: the squared global norm of the gradients, sum over all tensors of sum(g^2).
+// Wrapper: helpers/ops/global_norm.py · notebook: notebooks/07_adamw.ipynb · tests: tests/test_op_global_norm.py.
 //
 // What it is for: gradient clipping. Before the AdamW step, the host takes norm = sqrt(this sum)
 // over ALL of GPT-2's gradients at once, and if it exceeds max_norm every gradient is scaled by

@@ -1,4 +1,5 @@
-// kv_cache.cu: the attention step of generation with a key/value cache (notebook 10).
+// kv_cache.cu: the attention step of generation with a key/value cache. Wrapper:
+// helpers/ops/kv_cache.py · notebook: notebooks/10_sampling.ipynb · tests: tests/test_op_kv_cache.py.
 //
 // Generating token by token, the full forward pass of notebook 08 would recompute the keys and values
 // of every earlier position at every step. They do not change: position t2's key and value depend
@@ -8,18 +9,19 @@
 // The other ops of the step (layernorm, the matmuls, GELU, residual) are the kernels of notebooks
 // 02-05 on a single row.
 //
-// kv_cache_append: one thread per channel of C, copies k and v into their head's row `pos`.
-// attention_decode: one block per head. Its threads compute the scores q . k_t2 / sqrt(hs) for
+// version 1, two kernels:
+// kv_cache_forward1_append: one thread per channel of C, copies k and v into their head's row `pos`.
+// kv_cache_forward1_decode: one block per head. Its threads compute the scores q . k_t2 / sqrt(hs) for
 //     t2 = 0..pos into dynamic shared memory (maxT floats), a block reduction gives their maximum and
 //     the sum of exp(score - max), and each thread then accumulates output channels of
 //     sum_t2 softmax_t2 v_t2. No causal mask is needed: the cache holds only the past.
 
-#define DECODE_BLOCK 128   // threads per block of attention_decode: whole warps
+#define DECODE_BLOCK 128   // threads per block of kv_cache_forward1_decode: whole warps
 
 #include "common.cuh"  // block_max, block_sum
 
-extern "C" __global__ void kv_cache_append(float* k_cache, float* v_cache, const float* qkv, int pos, int C, int NH,
-                                           int maxT) {
+extern "C" __global__ void kv_cache_forward1_append(float* k_cache, float* v_cache, const float* qkv, int pos, int C,
+                                                    int NH, int maxT) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < C) {
         int hs = C / NH, h = i / hs, c = i % hs;
@@ -28,7 +30,7 @@ extern "C" __global__ void kv_cache_append(float* k_cache, float* v_cache, const
     }
 }
 
-extern "C" __global__ void __launch_bounds__(DECODE_BLOCK) attention_decode(float* out, const float* qkv,
+extern "C" __global__ void __launch_bounds__(DECODE_BLOCK) kv_cache_forward1_decode(float* out, const float* qkv,
         const float* k_cache, const float* v_cache, int pos, int C, int NH, int maxT) {
     extern __shared__ float p[];          // maxT floats: the scores, then the exp(score - max)
     __shared__ float scratch[32];

@@ -1,5 +1,6 @@
 // layernorm.cu: GPT-2's layer normalisation, forward and backward, over the last axis of a
 // (N, C) float32 array (N = B*T rows of C channels), eps = 1e-5 (passed in).
+// Wrapper: helpers/ops/layernorm.py · notebook: notebooks/02_layernorm.ipynb · tests: tests/test_op_layernorm.py.
 //
 // Forward, for each row x of C values:
 //     mean = sum(x) / C                 var = sum((x - mean)^2) / C   (biased, as PyTorch/GPT-2)

@@ -1,4 +1,5 @@
 // matmul.cu: the linear layer of GPT-2, out = x @ weight^T + bias, and its backward pass.
+// Wrapper: helpers/ops/matmul.py · notebook: notebooks/03_matmul.ipynb · tests: tests/test_op_matmul.py.
 //
 // Shapes (PyTorch's nn.Linear layout, as in llm.c):
 //     x (N, C), weight (OC, C), bias (OC), out (N, OC), with N = B*T rows (one per token);

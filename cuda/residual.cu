@@ -1,4 +1,5 @@
-// residual.cu: the residual connection of GPT-2, forward and backward (notebooks/05_gelu_residual.ipynb).
+// residual.cu: the residual connection of GPT-2, forward and backward.
+// Wrapper: helpers/ops/residual.py · notebook: notebooks/05_gelu_residual.ipynb · tests: tests/test_op_residual.py.
 //
 // What this file computes. Each transformer block adds its two sublayers' outputs to the stream
 // that flows through the network:

@@ -14,13 +14,8 @@ import os
 #: Tiny mode (GPT2_TINY=1, set by the tests): notebooks pick small sizes so CI runs them in seconds.
 TINY = os.environ.get("GPT2_TINY", "0") not in ("", "0")
 
-
-def ceil_div(a: int, b: int) -> int:
-    """Blocks needed to cover a items with b per block."""
-    return -(-int(a) // int(b))
-
-
-from .runtime import device  # noqa: E402  (after TINY: the layers below read nothing from here)
+from .ops.common import ceil_div  # noqa: E402  (after TINY: the layers below read nothing from here)
+from .runtime import device  # noqa: E402
 from .teaching.checking import check  # noqa: E402
 
 __all__ = ["TINY", "check", "ceil_div", "device"]

@@ -80,8 +80,7 @@ def _launch_every_op():
     for v in global_norm.VERSIONS["forward"]:
         global_norm.squared_norm([d(100), d(64)] if v < 3 else [d(96), d(64)], version=v)
     k_cache, v_cache = device.zeros((NH, T, C // NH)), device.zeros((NH, T, C // NH))
-    kv_cache.append(k_cache, v_cache, d(1, 1, 3 * C), 0)
-    kv_cache.attention_decode(device.empty((1, 1, C)), d(1, 1, 3 * C), k_cache, v_cache, 0)
+    kv_cache.forward(device.empty((1, 1, C)), k_cache, v_cache, d(1, 1, 3 * C), 0)
     # and the model, which picks its own versions
     model = GPT2(GPT2Config(vocab_size=V, block_size=T, n_layer=1, n_head=NH, n_embd=C), backend="cuda", seed=0)
     model.forward(device.asnumpy(idx), device.asnumpy(idx))

@@ -74,11 +74,8 @@ class NumpyOps:
     def norm_squared(self, flat):
         return fast_numpy.norm_squared(flat)
 
-    def kv_append(self, k_cache, v_cache, qkv, pos):
-        kv_cache_ops.append_reference(k_cache, v_cache, qkv, pos)
-
-    def attention_decode(self, out, qkv, k_cache, v_cache, pos):
-        out[...] = kv_cache_ops.attention_decode_reference(qkv, k_cache, v_cache, pos).reshape(out.shape)
+    def kv_cache_forward(self, out, k_cache, v_cache, qkv, pos):
+        out[...] = kv_cache_ops.kv_cache_forward(k_cache, v_cache, qkv, pos).reshape(out.shape)
 
 
 class CudaOps:
@@ -95,7 +92,7 @@ class CudaOps:
         self.v = {"encoder_forward": 2 if vec else 1, "encoder_backward": 2, "layernorm_forward": 3 if vec else 2,
                   "layernorm_backward": 2, "matmul_forward": 3 if vec else 2, "matmul_backward": 3 if vec else 2,
                   "attention": 3, "gelu": 2 if vec else 1, "residual": 2 if vec else 1, "classifier": 3,
-                  "adamw": 2 if vec else 1, "norm": 3, **(versions or {})}
+                  "adamw": 2 if vec else 1, "norm": 3, "kv_cache": 1, **(versions or {})}
         self.attention_version = self.v["attention"]
 
     def encoder_forward(self, out, idx, wte, wpe):
@@ -150,9 +147,6 @@ class CudaOps:
     def norm_squared(self, flat):
         return global_norm_ops.squared_norm(flat, version=self.v["norm"])
 
-    def kv_append(self, k_cache, v_cache, qkv, pos):
-        kv_cache_ops.append(k_cache, v_cache, qkv, pos)
-
-    def attention_decode(self, out, qkv, k_cache, v_cache, pos):
-        kv_cache_ops.attention_decode(out, qkv, k_cache, v_cache, pos)
+    def kv_cache_forward(self, out, k_cache, v_cache, qkv, pos):
+        kv_cache_ops.forward(out, k_cache, v_cache, qkv, pos, version=self.v["kv_cache"])
 

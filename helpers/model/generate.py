@@ -98,8 +98,7 @@ class KVCache:
         for l in range(cfg.n_layer):
             ops.layernorm_forward(A["ln"], A["mean"], A["rstd"], x, P["ln1w"][l], P["ln1b"][l])
             ops.matmul_forward(A["qkv"], A["ln"], P["qkvw"][l], P["qkvb"][l])
-            ops.kv_append(self.cache[f"k{l}"], self.cache[f"v{l}"], A["qkv"], pos)
-            ops.attention_decode(A["atty"], A["qkv"], self.cache[f"k{l}"], self.cache[f"v{l}"], pos)
+            ops.kv_cache_forward(A["atty"], self.cache[f"k{l}"], self.cache[f"v{l}"], A["qkv"], pos)
             ops.matmul_forward(A["attproj"], A["atty"], P["attprojw"][l], P["attprojb"][l])
             ops.residual_forward(A["res2"], x, A["attproj"])
             ops.layernorm_forward(A["ln"], A["mean"], A["rstd"], A["res2"], P["ln2w"][l], P["ln2b"][l])

@@ -17,8 +17,8 @@ the logits feed nothing but the loss, so their gradient can be made right away).
 kernels, these WRITE dlogits instead of accumulating into it: dlogits may be the logits array itself
 (in place, saving (B, T, Vp) floats), and there is no other term to add.
 
-Kernels: cuda/classifier.cu (block reductions from cuda/common.cuh) · notebook:
-notebooks/06_classifier.ipynb · tests: tests/test_op_classifier.py
+Kernels: cuda/classifier.cu (block reductions from cuda/common.cuh) ·
+notebook: notebooks/06_classifier.ipynb · tests: tests/test_op_classifier.py
 """
 from __future__ import annotations
 

@@ -1,67 +1,95 @@
-"""The attention step of generation with a key/value cache (cuda/kv_cache.cu), and its reference.
+"""The attention step of generation with a key/value cache: append the newest position's key and
+value to the caches, then let its query attend over cache positions 0..pos.
 
-Caches are per layer, shaped (NH, maxT, hs): k_cache[h, t2] is the key of position t2 in head h.
+Caches are per layer, shaped (NH, maxT, hs): k_cache[h, t2] is the key of position t2 in head h;
+qkv holds one position's q, k, v (3C values, any shape); out receives its C outputs. The op has one
+step, "forward" (generation needs no gradient). Reference `kv_cache_forward(k_cache, v_cache, qkv,
+pos) -> out`, which appends in place as the kernels do; wrapper `forward(out, k_cache, v_cache, qkv,
+pos, version=1)`.
+
+Kernels: cuda/kv_cache.cu (block reductions from cuda/common.cuh) · notebook: notebooks/10_sampling.ipynb ·
+tests: tests/test_op_kv_cache.py
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..runtime import device
+from .common import SCRATCH_BYTES, SHARED_MEMORY_LIMIT, Launch, ceil_div, check_array, check_int32, check_version, \
+    run, shape_of
 
-VERSIONS = {1: "attention_decode: one block per head, scores in shared memory, block reductions"}
-DECODE_BLOCK = 128
-def module():
-    """cuda/kv_cache.cu, compiled for the active backend (device.load_module caches it)."""
-    return device.load_module("kv_cache.cu")
+#: Kernel versions in cuda/kv_cache.cu: kv_cache_forward<N>_append, kv_cache_forward<N>_decode.
+VERSIONS = {
+    "forward": {
+        1: "append: one thread per channel; decode: one block per head, scores in shared memory, block reductions",
+    },
+}
+
+APPEND_BLOCK = 256
+DECODE_BLOCK = 128   # the kernel's __launch_bounds__ (DECODE_BLOCK in kv_cache.cu)
+#: The longest cache decode handles: its maxT scores plus the reductions' scratch in 48 KiB of shared memory.
+MAX_T = (SHARED_MEMORY_LIMIT - SCRATCH_BYTES) // 4
 
 
 # ------------------------------------------------------------------------------------------------
 # NumPy reference
 # ------------------------------------------------------------------------------------------------
-def append_reference(k_cache, v_cache, qkv, pos):
-    """Store the newest position's key and value (qkv of shape (..., 3C)) at row `pos` of each head."""
+def kv_cache_forward(k_cache, v_cache, qkv, pos):
+    """Store the newest position's key and value at row `pos` of each head (in place), and return
+    out (C,): its query attending over cache rows 0..pos. No causal mask is needed: the cache holds
+    only the past."""
     NH, _, hs = k_cache.shape
     C = NH * hs
     row = qkv.reshape(-1)
     k_cache[:, pos] = row[C:2 * C].reshape(NH, hs)
     v_cache[:, pos] = row[2 * C:].reshape(NH, hs)
-
-
-def attention_decode_reference(qkv, k_cache, v_cache, pos):
-    """out (C,): the newest query of each head attending over cache rows 0..pos."""
-    NH, _, hs = k_cache.shape
-    q = qkv.reshape(-1)[:NH * hs].reshape(NH, 1, hs)
+    q = row[:C].reshape(NH, 1, hs)
     scores = (q @ k_cache[:, :pos + 1].transpose(0, 2, 1)) / np.sqrt(hs)     # (NH, 1, pos+1)
     p = np.exp(scores - scores.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
-    return (p @ v_cache[:, :pos + 1]).reshape(NH * hs)
+    return (p @ v_cache[:, :pos + 1]).reshape(C)
 
 
 # ------------------------------------------------------------------------------------------------
-# Kernels
+# Kernel wrappers
 # ------------------------------------------------------------------------------------------------
-def _check(k_cache, v_cache, qkv, pos, what):
-    if k_cache.ndim != 3 or k_cache.shape != v_cache.shape:
-        raise ValueError(f"{what}: k_cache and v_cache must both be (NH, maxT, hs), got {k_cache.shape} and {v_cache.shape}")
-    NH, maxT, hs = (int(s) for s in k_cache.shape)
-    if qkv.size != 3 * NH * hs:
-        raise ValueError(f"{what}: qkv must hold one position's 3C = {3 * NH * hs} values, got {qkv.size}")
-    if not 0 <= pos < maxT:
-        raise ValueError(f"{what}: position {pos} is outside the cache's {maxT} rows")
-    return NH, maxT, hs
+def module():
+    """cuda/kv_cache.cu, compiled for the active backend (device.load_module caches it)."""
+    return device.load_module("kv_cache.cu")
 
 
-def append(k_cache, v_cache, qkv, pos):
-    NH, maxT, hs = _check(k_cache, v_cache, qkv, pos, "kv_cache_append")
+def launches(step: str, *args, version: int) -> list[Launch]:
+    """The checked launches of `forward` (same arguments), in the order they run."""
+    check_version("kv_cache", step, version, VERSIONS)
+    return _forward_launches(*args, version=version)
+
+
+def _forward_launches(out, k_cache, v_cache, qkv, pos, *, version):
+    kernel = f"kv_cache_forward{version}"
+    check_array(kernel, "k_cache", k_cache, 3)
+    check_array(kernel, "v_cache", v_cache, shape=shape_of(k_cache))
+    NH, maxT, hs = shape_of(k_cache)
     C = NH * hs
-    module().get_function("kv_cache_append")((-(-C // 256),), (256,), (k_cache, v_cache, qkv, pos, C, NH, maxT))
+    check_array(kernel, "qkv", qkv)
+    check_array(kernel, "out", out)
+    if int(qkv.size) != 3 * C:
+        raise ValueError(f"{kernel}: `qkv` must hold one position's 3C = {3 * C} values, got {qkv.size}")
+    if int(out.size) != C:
+        raise ValueError(f"{kernel}: `out` must hold C = {C} values, got {out.size}")
+    if isinstance(pos, bool) or not isinstance(pos, (int, np.integer)) or not 0 <= pos < maxT:
+        raise ValueError(f"{kernel}: position {pos!r} is outside the cache's {maxT} rows")
+    if maxT > MAX_T:
+        raise ValueError(f"{kernel} keeps maxT={maxT} scores in shared memory: at most {MAX_T} positions fit "
+                         f"in 48 KiB")
+    check_int32(kernel, **{"NH*maxT*hs": NH * maxT * hs})
+    fn = module().get_function
+    return [Launch(fn(f"{kernel}_append"), (ceil_div(C, APPEND_BLOCK),), (APPEND_BLOCK,),
+                   (k_cache, v_cache, qkv, int(pos), C, NH, maxT)),
+            Launch(fn(f"{kernel}_decode"), (NH,), (DECODE_BLOCK,), (out, qkv, k_cache, v_cache, int(pos), C, NH, maxT),
+                   4 * maxT)]
 
 
-def attention_decode(out, qkv, k_cache, v_cache, pos):
-    NH, maxT, hs = _check(k_cache, v_cache, qkv, pos, "attention_decode")
-    if out.size != NH * hs:
-        raise ValueError(f"attention_decode: out must hold C = {NH * hs} values, got {out.size}")
-    if 4 * maxT > 48 * 1024 - 128:
-        raise ValueError(f"attention_decode keeps maxT={maxT} scores in shared memory: at most {(48 * 1024 - 128) // 4}")
-    module().get_function("attention_decode")((NH,), (DECODE_BLOCK,), (out, qkv, k_cache, v_cache, pos, NH * hs, NH, maxT),
-                                              shared_mem=4 * maxT)
+def forward(out, k_cache, v_cache, qkv, pos, version=1) -> None:
+    """Append qkv's key and value at row `pos` of the caches, and out = its attention over rows
+    0..pos, on the device; returns None."""
+    run(launches("forward", out, k_cache, v_cache, qkv, pos, version=version))

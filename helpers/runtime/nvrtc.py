@@ -5,7 +5,7 @@ or a driver. The `nvidia-cuda-nvrtc-cu12` wheel (a dependency on Linux and Windo
 toolkit's copy (`CUDA_PATH`, `CUDA_HOME`, /usr/local/cuda) is found too. NVIDIA makes no NVRTC for
 macOS, so there `available()` is False and `problem()` says why.
 
-    from helpers import nvrtc
+    from helpers.runtime import nvrtc
     result = nvrtc.compile_program(source, "k.cu", ["-arch=sm_90", "--ptxas-options=--verbose"])
     result.log, result.cubin, result.lowered_names
 """

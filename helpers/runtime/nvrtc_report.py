@@ -17,7 +17,7 @@ one row per kernel and architecture:
 The check runs on any machine: NVRTC compiles without a driver or a GPU. It also catches code that
 only compiles on the CPU backend: NVRTC has no `cuda_runtime.h` and no `M_PI`.
 
-    from helpers import nvrtc_report
+    from helpers.runtime import nvrtc_report
     nvrtc_report.show("vector_add.cu")          # in a notebook
     python -m helpers.runtime.nvrtc_report --include-tests   # every kernel; exit status 1 on errors or spills
 """
