@@ -4,6 +4,7 @@ learner's exercise file or the reference solution.
     from helpers.teaching.notebook import exercise, expect_error, show_kernel
 
     show_kernel("layernorm.cu", "layernorm_forward2")      # the function and the comment above it
+    show_section("classifier.cu", "version 2")             # a section of a file, between rule lines
     with expect_error(ValueError, "multiple of 32"):       # prints the message; fails if nothing raised
         ln.forward(..., block_size=48)
     path = exercise("my_layernorm_welford.cu", "02_layernorm_welford.cu")
@@ -70,6 +71,18 @@ def file_header(path) -> str:
     lines = _resolve(path).read_text().splitlines()
     end = next((i for i, line in enumerate(lines) if not line.startswith("//")), len(lines))
     return "\n".join(lines[:end])
+
+
+def show_section(path, heading: str) -> None:
+    """Print the section of a `.cu` file whose heading starts with `heading`: files split into
+    sections by a rule line (`// ------`), the heading the comment line after it."""
+    parts = re.split(r"^// -{20,}\n", _resolve(path).read_text(), flags=re.M)
+    sections = {parts[i].strip("/ \n"): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+    found = [h for h in sections if h.startswith(heading)]
+    if len(found) != 1:
+        raise KeyError(f"{len(found)} sections of {Path(path).name} start with {heading!r}; its sections: "
+                       f"{list(sections)}")
+    print(f"// {found[0]}\n{sections[found[0]]}")
 
 
 @contextmanager
