@@ -1,4 +1,6 @@
 // reduce_sum.cu: the sum of an array, the first kernel whose threads must cooperate.
+// Teaching file, not an op: no wrapper module. notebooks/00_first_kernels.ipynb launches it directly
+// and checks it against NumPy (the tests run the notebook through nbval).
 //
 // What this file teaches: threads of one block can share data through `__shared__` memory and
 // wait for each other with `__syncthreads()`; the 32 threads of a warp can even read each other's

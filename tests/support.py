@@ -2,7 +2,7 @@
 sys.path). Fixtures live in conftest.py; plain helpers here, so a reader sees where they come from."""
 import numpy as np
 
-from helpers import device
+from helpers import device, train
 
 
 def f64(a):
@@ -19,3 +19,11 @@ def oversized(shape):
         strides.insert(0, step)
         step *= n
     return device.xp.lib.stride_tricks.as_strided(device.zeros(1), shape=tuple(shape), strides=tuple(strides))
+
+
+def tiny_train_config(tmp_path, **overrides):
+    """A training run that takes seconds on the NumPy backend: one layer, 32 channels, 8 steps."""
+    base = dict(n_layer=1, n_head=2, n_embd=32, B=4, T=16, steps=8, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+                val_every=4, val_batches=2, sample_every=0, checkpoint_every=4, out_dir=str(tmp_path / "run"),
+                backend="numpy")
+    return train.TrainConfig(**{**base, **overrides})

@@ -18,7 +18,7 @@ CONFIGS = {
 }
 
 
-def batch(cfg, B, T, seed=0):
+def make_inputs(cfg, B, T, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32),
             rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32))
@@ -36,7 +36,7 @@ hf_loss = hf.logits_and_loss
 def test_logits_loss_and_every_gradient_match_hugging_face(backend, which, tmp_path):
     cfg, B, T = CONFIGS[which]
     model = GPT2(cfg, backend=backend, seed=1)
-    idx, targets = batch(cfg, B, T)
+    idx, targets = make_inputs(cfg, B, T)
     hf_net = hf_model(model, tmp_path)
     logits, loss = model.forward(idx, targets)
     model.zero_grad()
@@ -57,7 +57,7 @@ def test_ten_adamw_steps_match_pytorch(backend, tmp_path):
     cfg, B, T = CONFIGS["odd"]
     model = GPT2(cfg, backend=backend, seed=2)
     hf_net = hf_model(model, tmp_path)
-    idx, targets = batch(cfg, B, T, seed=3)
+    idx, targets = make_inputs(cfg, B, T, seed=3)
     lr, wd = 1e-3, 0.1
     opt = AdamW(model, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=wd)
     decay = [p for n, p in hf_net.named_parameters() if p.dim() == 2]
@@ -86,7 +86,7 @@ def test_ten_adamw_steps_match_pytorch(backend, tmp_path):
 
 def test_both_backends_agree(tmp_path):
     cfg, B, T = CONFIGS["odd"]
-    idx, targets = batch(cfg, B, T)
+    idx, targets = make_inputs(cfg, B, T)
     a, b = GPT2(cfg, backend="numpy", seed=5), GPT2(cfg, backend="cuda", seed=5)
     la, lossa = a.forward(idx, targets)
     lb, lossb = b.forward(idx, targets)
@@ -97,7 +97,7 @@ def test_both_backends_agree(tmp_path):
 def test_save_pretrained_loads_in_transformers_with_identical_logits(tmp_path):
     cfg, B, T = CONFIGS["tiny"]
     model = GPT2(cfg, seed=4)
-    idx, _ = batch(cfg, B, T)
+    idx, _ = make_inputs(cfg, B, T)
     logits, _ = model.forward(idx)
     hf_net = hf_model(model, tmp_path)
     np.testing.assert_allclose(hf_loss(hf_net, idx, idx)[0].detach().numpy(), logits, atol=1e-5, rtol=0)
@@ -114,7 +114,7 @@ def test_from_pretrained_reads_what_transformers_saved(tmp_path):
     for backend in ("numpy", "cuda"):
         model = GPT2.from_pretrained(tmp_path / "saved", backend=backend)
         assert model.config == cfg
-        idx, _ = batch(cfg, B, T)
+        idx, _ = make_inputs(cfg, B, T)
         logits, _ = model.forward(idx)
         ref = hf_net(torch.from_numpy(idx.astype(np.int64))).logits.detach().numpy()
         assert np.abs(device.asnumpy(logits) - ref).max() <= 1e-4
@@ -130,7 +130,7 @@ def test_llmc_bin_round_trip(tmp_path):
     assert again.config == cfg
     for k, v in model.state().items():
         assert np.array_equal(v, again.state()[k]), k
-    idx, _ = batch(cfg, B, T)
+    idx, _ = make_inputs(cfg, B, T)
     assert np.array_equal(model.forward(idx)[0], again.forward(idx)[0])
 
 

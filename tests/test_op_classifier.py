@@ -126,7 +126,9 @@ def test_version1_racecheck():
 # ------------------------------------------------------------------------------------------------
 # Versions 2 and 3: fused
 # ------------------------------------------------------------------------------------------------
-FUSED_CASES = [(2, s) for s in SHAPES] + [(3, s) for s in FLOAT4_SHAPES]
+VERSIONS = sorted(classifier.VERSIONS["forward"])
+FUSED = VERSIONS[1:]   # version 1 is three kernels; the others one block per row
+FUSED_CASES = [(v, s) for v in FUSED for s in (FLOAT4_SHAPES if "float4" in classifier.VERSIONS["forward"][v] else SHAPES)]
 
 
 @pytest.mark.parametrize("version, shape", FUSED_CASES)
@@ -141,7 +143,7 @@ def test_fused_against_reference(version, shape):
     assert (device.asnumpy(dlogits)[..., V:] == 0).all(), "padded columns must get gradient 0"
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", FUSED)
 @pytest.mark.parametrize("block_size", [32, 96, 1024])
 def test_fused_block_sizes(version, block_size):
     B, T, V, Vp = 2, 3, 1001, 1004  # 32 threads: 32 columns each; 1024: more threads than columns
@@ -153,7 +155,7 @@ def test_fused_block_sizes(version, block_size):
     check_fused(f"fused_classifier{version} ({block_size} threads)", losses, dlogits, ref_losses, ref_dlogits, dloss)
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", FUSED)
 def test_fused_racecheck(version):
     B, T, V, Vp = 3, 37, 101, 104
     logits, targets, dloss = make_inputs(B, T, V, Vp)
@@ -249,7 +251,7 @@ def test_fused_needs_whole_warps(block_size):
                            block_size=block_size)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_v_must_fit_the_logits(version):
     logits, targets, dloss = device_inputs(1, 2, 10, 12)
     for V in (0, 13):
@@ -258,7 +260,7 @@ def test_v_must_fit_the_logits(version):
                                version=version, probs=device.empty((1, 2, 12)))
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_targets_must_be_real_tokens(version):
     logits, _, dloss = make_inputs(1, 2, 10, 12)
     for bad in (10, -1):  # a padded column; not a token at all

@@ -22,7 +22,7 @@ SHAPES = [(3, 37, 48, 101, 41), (5, 11, 20, 7, 16), (1, 1, 4, 1, 1)]
 ODD_C = (2, 9, 50, 11, 9)
 
 
-def make(B, T, C, V, maxT, seed=0):
+def make_inputs(B, T, C, V, maxT, seed=0):
     rng = np.random.default_rng(seed)
     return SimpleNamespace(
         B=B, T=T, C=C, V=V, maxT=maxT,
@@ -45,7 +45,7 @@ def versions_for(shape, direction):
 # The NumPy reference
 # ------------------------------------------------------------------------------------------------
 def test_reference_forward_picks_rows():
-    p = make(2, 3, 5, 4, 6)
+    p = make_inputs(2, 3, 5, 4, 6)
     out = encoder.encoder_forward(p.idx, p.wte, p.wpe)
     assert out.shape == (2, 3, 5) and out.dtype == np.float32
     for b in range(2):
@@ -94,7 +94,7 @@ def test_token_buckets_are_stable_and_complete():
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", SHAPES + [ODD_C], ids=str)
 def test_forward_kernels_match_reference(shape):
-    p = make(*shape)
+    p = make_inputs(*shape)
     ref = encoder.encoder_forward(p.idx, p.wte, p.wpe)
     for version in versions_for(shape, "forward"):
         out = device.empty((p.B, p.T, p.C))
@@ -106,7 +106,7 @@ def test_forward_kernels_match_reference(shape):
 
 @pytest.mark.parametrize("shape", SHAPES + [ODD_C], ids=str)
 def test_backward_kernels_match_reference(shape):
-    p = make(*shape)
+    p = make_inputs(*shape)
     ref_dwte, ref_dwpe = p.dwte.copy(), p.dwpe.copy()
     encoder.encoder_backward(ref_dwte, ref_dwpe, p.dout, p.idx)
     for version in versions_for(shape, "backward"):
@@ -122,7 +122,7 @@ def test_backward_kernels_match_reference(shape):
 
 
 def test_backward2_with_a_host_copy_of_idx():
-    p = make(3, 37, 48, 101, 41)
+    p = make_inputs(3, 37, 48, 101, 41)
     ref_dwte, ref_dwpe = p.dwte.copy(), p.dwpe.copy()
     encoder.encoder_backward(ref_dwte, ref_dwpe, p.dout, p.idx)
     dwte, dwpe = device.asarray(p.dwte.copy()), device.asarray(p.dwpe.copy())
@@ -134,7 +134,7 @@ def test_solution_of_the_exercise():
     path = REPO_ROOT / "notebooks" / "solutions" / "01_encoder_forward_row.cu"
     fn = device.load_module(path).get_function("encoder_forward_row")
     for shape in (SHAPES[0], ODD_C):
-        p = make(*shape)
+        p = make_inputs(*shape)
         out = device.empty((p.B, p.T, p.C))
         args = (out, device.asarray(p.idx), device.asarray(p.wte), device.asarray(p.wpe), p.B, p.T, p.C)
         fn((ceil_div(p.B * p.T, 64),), (64,), args)
@@ -161,13 +161,13 @@ def launch_args(p, version, direction):
 @pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
 @pytest.mark.parametrize("version", sorted(encoder.VERSIONS["forward"]))
 def test_forward_is_race_free(version, shape):
-    for launch in launch_args(make(*shape), version, "forward"):
+    for launch in launch_args(make_inputs(*shape), version, "forward"):
         device.racecheck(*launch)
 
 
 @pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
 def test_backward2_gives_the_same_bits_in_every_order(shape):
-    for launch in launch_args(make(*shape), 2, "backward"):
+    for launch in launch_args(make_inputs(*shape), 2, "backward"):
         device.racecheck(*launch)   # no tolerance: bit-identical
 
 
@@ -189,7 +189,7 @@ def atomic_sum_tolerance(p):
 @pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
 def test_backward1_atomics_agree_within_rounding(shape):
     # float atomicAdd adds in the order the threads run: the bits may differ, the sums may not.
-    p = make(*shape)
+    p = make_inputs(*shape)
     atol = atomic_sum_tolerance(p)   # a worst-case bound: 2.0e-3 for REPEATS, whose sums are about 10
     assert atol < 1e-2
     for launch in launch_args(p, 1, "backward"):
@@ -197,14 +197,14 @@ def test_backward1_atomics_agree_within_rounding(shape):
 
 
 def test_backward1_is_not_deterministic_with_repeated_tokens():
-    for launch in launch_args(make(*REPEATS), 1, "backward"):
+    for launch in launch_args(make_inputs(*REPEATS), 1, "backward"):
         with pytest.raises(device.RaceError, match="encoder_backward1"):
             device.racecheck(*launch)
 
 
 @pytest.mark.skipif(device.name != "cpu", reason="the CPU backend's guard pages catch the bad token id")
 def test_a_token_id_past_the_table_is_an_out_of_bounds_read():
-    p = make(2, 5, 8, 7, 5)
+    p = make_inputs(2, 5, 8, 7, 5)
     p.idx[1, 3] = p.V   # one past the last row of wte: the wrapper does not check values
     with pytest.raises(device.KernelError, match="out-of-bounds read of `wte`"):
         encoder.forward(device.empty((2, 5, 8)), p.idx, p.wte, p.wpe, version=1)
@@ -214,14 +214,14 @@ def test_a_token_id_past_the_table_is_an_out_of_bounds_read():
 # Shape assertions
 # ------------------------------------------------------------------------------------------------
 def test_forward2_needs_c_multiple_of_4():
-    p = make(*ODD_C)
+    p = make_inputs(*ODD_C)
     with pytest.raises(ValueError, match=r"encoder_forward2 loads float4: C must be a multiple of 4, got C=50"):
         encoder.forward(device.empty((p.B, p.T, p.C)), p.idx, p.wte, p.wpe, version=2)
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_wrappers_refuse_wrong_shapes_and_dtypes(direction):
-    p = make(2, 5, 8, 7, 5)
+    p = make_inputs(2, 5, 8, 7, 5)
 
     def call(idx=p.idx, table=None, pos=None, activ=None, version=2):
         if direction == "forward":
@@ -252,12 +252,12 @@ def test_wrappers_refuse_wrong_shapes_and_dtypes(direction):
 
 def test_wrappers_refuse_sizes_past_32_bit_indexing():
     big = oversized((2**22, 512))   # the shape of a too-large table (allocating 8 GiB would prove nothing more)
-    p = make(1, 2, 512, 7, 4)
+    p = make_inputs(1, 2, 512, 7, 4)
     with pytest.raises(ValueError, match=r"32-bit ints: V\*C = 2,147,483,648 must be below 2\^31"):
         encoder.forward(device.empty((1, 2, 512)), p.idx, big, p.wpe, version=1)
 
 
 def test_backward_refuses_a_host_idx_of_the_wrong_shape():
-    p = make(2, 5, 8, 7, 5)
+    p = make_inputs(2, 5, 8, 7, 5)
     with pytest.raises(ValueError, match=r"`idx_host` must be the host copy of idx, shape \(2, 5\), got \(10,\)"):
         encoder.backward(p.dwte, p.dwpe, p.dout, p.idx, idx_host=p.idx.reshape(-1))

@@ -11,19 +11,10 @@ from helpers import train
 from helpers.model.gpt2 import GPT2
 from helpers.runtime.cuda_source import REPO_ROOT
 from helpers.train import data
+from support import tiny_train_config
 
 
-@pytest.fixture(scope="module")
-def tokens():
-    return data.load_tiny_shakespeare()
-
-
-def tiny(tmp_path, **kw):
-    base = dict(n_layer=1, n_head=2, n_embd=32, B=4, T=16, steps=8, lr=3e-3, min_lr=3e-4, warmup_steps=2,
-                val_every=4, val_batches=2, sample_every=0, checkpoint_every=4, out_dir=str(tmp_path / "run"),
-                backend="numpy")
-    base.update(kw)
-    return train.TrainConfig(**base)
+tiny = tiny_train_config
 
 
 def test_learning_rate_schedule():

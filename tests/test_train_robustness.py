@@ -9,19 +9,12 @@ import pytest
 
 from helpers import train
 from helpers.train import TrainingError, data
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    return data.load_tiny_shakespeare()
+from support import tiny_train_config
 
 
 def tiny(tmp_path, **kw):
-    base = dict(n_layer=1, n_head=2, n_embd=32, B=4, T=16, steps=6, lr=3e-3, min_lr=3e-4, warmup_steps=2,
-                val_every=3, val_batches=2, sample_every=0, checkpoint_every=3, out_dir=str(tmp_path / "run"),
-                backend="numpy")
-    base.update(kw)
-    return train.TrainConfig(**base)
+    """Six steps, a checkpoint every three (so a resume has one to start from)."""
+    return tiny_train_config(tmp_path, **{"steps": 6, "val_every": 3, "checkpoint_every": 3, **kw})
 
 
 class Halt(Exception):
