@@ -36,6 +36,11 @@ def make_inputs(B, T, C, V, maxT, seed=0):
     )
 
 
+def on_device(p):
+    """The same inputs as device arrays (on the CPU backend: the same arrays)."""
+    return SimpleNamespace(**{k: device.asarray(v) if isinstance(v, np.ndarray) else v for k, v in vars(p).items()})
+
+
 def versions_for(shape, direction):
     C = shape[2]
     return [1, 2] if (direction == "backward" or C % 4 == 0) else [1]
@@ -153,9 +158,10 @@ REPEATS = (4, 64, 8, 3, 64)   # 256 positions, 3 tokens: each token about 85 tim
 
 def launch_args(p, version, direction):
     """The launches that version makes, from the op's own `launches` (what the wrappers run)."""
+    d = on_device(p)
     if direction == "forward":
-        return encoder.launches("forward", device.empty((p.B, p.T, p.C)), p.idx, p.wte, p.wpe, version=version)
-    return encoder.launches("backward", p.dwte, p.dwpe, p.dout, p.idx, version=version)
+        return encoder.launches("forward", device.empty((p.B, p.T, p.C)), d.idx, d.wte, d.wpe, version=version)
+    return encoder.launches("backward", d.dwte, d.dwpe, d.dout, d.idx, version=version)
 
 
 @pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
@@ -214,14 +220,14 @@ def test_a_token_id_past_the_table_is_an_out_of_bounds_read():
 # Shape assertions
 # ------------------------------------------------------------------------------------------------
 def test_forward2_needs_c_multiple_of_4():
-    p = make_inputs(*ODD_C)
+    p = on_device(make_inputs(*ODD_C))
     with pytest.raises(ValueError, match=r"encoder_forward2 loads float4: C must be a multiple of 4, got C=50"):
         encoder.forward(device.empty((p.B, p.T, p.C)), p.idx, p.wte, p.wpe, version=2)
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_wrappers_refuse_wrong_shapes_and_dtypes(direction):
-    p = make_inputs(2, 5, 8, 7, 5)
+    p = on_device(make_inputs(2, 5, 8, 7, 5))
 
     def call(idx=p.idx, table=None, pos=None, activ=None, version=2):
         if direction == "forward":
@@ -239,25 +245,26 @@ def test_wrappers_refuse_wrong_shapes_and_dtypes(direction):
     with pytest.raises(ValueError, match=fr"`{tname}` must be float32, got float64"):
         call(table=p.wte.astype(np.float64))
     with pytest.raises(ValueError, match=fr"`{aname}` must be \(B, T, C\) = \(2, 5, 8\) .* got \(2, 5, 9\)"):
-        call(activ=np.zeros((2, 5, 9), np.float32))
+        call(activ=device.zeros((2, 5, 9)))
     with pytest.raises(ValueError, match=fr"`{tname}` \(7, 8\) and `{pname}` \(5, 4\) must have the same number of channels"):
-        call(pos=np.zeros((5, 4), np.float32))
+        call(pos=device.zeros((5, 4)))
     with pytest.raises(ValueError, match=fr"idx has T=5 positions but `{pname}` has only 4 rows"):
-        call(pos=np.zeros((4, 8), np.float32))
+        call(pos=device.zeros((4, 8)))
     with pytest.raises(ValueError, match=fr"`{aname}` must be C-contiguous"):
-        call(activ=np.zeros((2, 8, 5), np.float32).transpose(0, 2, 1))
+        call(activ=device.zeros((2, 8, 5)).transpose(0, 2, 1))
     with pytest.raises(ValueError, match=r"no version 3; the versions are \[1, 2\]"):
         call(version=3)
 
 
 def test_wrappers_refuse_sizes_past_32_bit_indexing():
     big = oversized((2**22, 512))   # the shape of a too-large table (allocating 8 GiB would prove nothing more)
-    p = make_inputs(1, 2, 512, 7, 4)
+    p = on_device(make_inputs(1, 2, 512, 7, 4))
     with pytest.raises(ValueError, match=r"32-bit ints: V\*C = 2,147,483,648 must be below 2\^31"):
         encoder.forward(device.empty((1, 2, 512)), p.idx, big, p.wpe, version=1)
 
 
 def test_backward_refuses_a_host_idx_of_the_wrong_shape():
-    p = make_inputs(2, 5, 8, 7, 5)
+    h = make_inputs(2, 5, 8, 7, 5)
+    p = on_device(h)
     with pytest.raises(ValueError, match=r"`idx_host` must be the host copy of idx, shape \(2, 5\), got \(10,\)"):
-        encoder.backward(p.dwte, p.dwpe, p.dout, p.idx, idx_host=p.idx.reshape(-1))
+        encoder.backward(p.dwte, p.dwpe, p.dout, p.idx, idx_host=h.idx.reshape(-1))
