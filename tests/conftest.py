@@ -1,4 +1,5 @@
 """Fixtures the test files share (plain helpers are in support.py)."""
+import numpy as np
 import pytest
 
 from helpers.train import data
@@ -8,3 +9,9 @@ from helpers.train import data
 def tokens():
     """Tiny Shakespeare as GPT-2 tokens (offline: GPT2_DATA_DIR and TIKTOKEN_CACHE_DIR, see README)."""
     return data.load_tiny_shakespeare()
+
+
+@pytest.fixture
+def rng():
+    """A fresh, seeded generator per test: each test draws the same numbers whatever runs before it."""
+    return np.random.default_rng(1234)

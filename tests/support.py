@@ -11,6 +11,11 @@ def f64(a):
     return device.asnumpy(a).astype(np.float64)
 
 
+def randn(rng, *shape):
+    """Standard normal float32 values of `shape` from the generator `rng`."""
+    return rng.standard_normal(shape).astype(np.float32)
+
+
 def oversized(shape):
     """A C-contiguous float32 device array that CLAIMS `shape` over one float of memory: what the
     size checks see, without allocating gigabytes. Never launch a kernel on it."""

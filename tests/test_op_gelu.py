@@ -14,19 +14,10 @@ import helpers
 from helpers import device
 from helpers.ops import gelu as G
 from helpers.teaching import gradcheck
-from support import f64
+from support import f64, randn
 
 SHAPES = [(3, 37, 48), (2, 7, 20)]  # (B, T, C); GELU runs on (B, T, 4C)
 VERSIONS = sorted(G.VERSIONS["forward"])
-
-
-def randn(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(1234)
 
 
 # ------------------------------------------------------------------------------------------------

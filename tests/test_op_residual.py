@@ -11,18 +11,10 @@ import helpers
 from helpers import device
 from helpers.ops import residual as R
 from helpers.teaching import gradcheck
+from support import randn
 
 SHAPES = [(3, 37, 48), (2, 7, 20)]  # (B, T, C)
 VERSIONS = sorted(R.VERSIONS["forward"])
-
-
-def randn(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(1234)
 
 
 def test_backward_matches_finite_differences(rng):

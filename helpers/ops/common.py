@@ -154,6 +154,13 @@ def check_grid_y(kernel: str, blocks: int, what: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Elementwise ops (gelu, residual): one shape of launch
 # ------------------------------------------------------------------------------------------------
+#: The versions of every elementwise op (gelu, residual), forward and backward alike.
+ELEMENTWISE_VERSIONS = {
+    1: "one element per thread (4-byte loads and stores)",
+    2: "four elements per thread through float4 (16-byte loads and stores); n % 4 == 0, 16-byte aligned",
+}
+
+
 def elementwise_launches(module, kernel: str, version: int, block_size: int, **arrays) -> list[Launch]:
     """The launch of an elementwise kernel `kernel` (arguments: the arrays in order, then n): all
     arrays of one shape; version 1 one element per thread, version 2 four through float4."""

@@ -16,22 +16,13 @@ import math
 import numpy as np
 
 from ..runtime import device
-from .common import Launch, check_version, elementwise_launches, run
+from .common import ELEMENTWISE_VERSIONS, Launch, check_version, elementwise_launches, run
 
 GELU_SCALING_FACTOR = math.sqrt(2.0 / math.pi)  # 0.7978845608028654; a literal in gelu.cu (NVRTC has no M_PI)
 GELU_CUBIC = 0.044715
 
 #: Kernel versions in cuda/gelu.cu: gelu_forward<N>, gelu_backward<N>.
-VERSIONS = {
-    "forward": {
-        1: "one element per thread (4-byte loads and stores)",
-        2: "four elements per thread through float4 (16-byte loads and stores); n % 4 == 0, 16-byte aligned",
-    },
-    "backward": {
-        1: "one element per thread (4-byte loads and stores)",
-        2: "four elements per thread through float4 (16-byte loads and stores); n % 4 == 0, 16-byte aligned",
-    },
-}
+VERSIONS = {"forward": ELEMENTWISE_VERSIONS, "backward": ELEMENTWISE_VERSIONS}
 BLOCK_SIZE = 256
 
 

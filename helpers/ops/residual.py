@@ -10,19 +10,10 @@ Kernels: cuda/residual.cu · notebook: notebooks/05_gelu_residual.ipynb · tests
 from __future__ import annotations
 
 from ..runtime import device
-from .common import Launch, check_version, elementwise_launches, run
+from .common import ELEMENTWISE_VERSIONS, Launch, check_version, elementwise_launches, run
 
 #: Kernel versions in cuda/residual.cu: residual_forward<N>, residual_backward<N>.
-VERSIONS = {
-    "forward": {
-        1: "one element per thread (4-byte loads and stores)",
-        2: "four elements per thread through float4 (16-byte loads and stores); n % 4 == 0, 16-byte aligned",
-    },
-    "backward": {
-        1: "one element per thread (4-byte loads and stores)",
-        2: "four elements per thread through float4 (16-byte loads and stores); n % 4 == 0, 16-byte aligned",
-    },
-}
+VERSIONS = {"forward": ELEMENTWISE_VERSIONS, "backward": ELEMENTWISE_VERSIONS}
 BLOCK_SIZE = 256
 
 
