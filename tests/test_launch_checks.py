@@ -40,7 +40,7 @@ def test_scalars_become_exact_c_types(all_params):
 
 @pytest.mark.parametrize("index,value,pattern", [
     (0, np.zeros(4, np.float64), r"argument 0 `f` \(const float\*\): expects a float32 array, got float64"),
-    (0, [1.0, 2.0], r"argument 0 `f`.*expects an array, got list"),
+    (0, [1.0, 2.0], r"argument 0 `f`.*expects an array \(or None for a null pointer\), got list"),
     (0, 3.0, r"argument 0 `f`.*expects an array"),
     (2, np.zeros((4, 4), np.int32)[:, 1], r"argument 2 `i`.*not contiguous"),
     (3, np.zeros(4, np.int32), r"argument 3 `u`.*expects a uint32 array, got int32"),

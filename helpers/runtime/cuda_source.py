@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +86,11 @@ def source_digest(path: Path, extra: str = "") -> str:
     return h.hexdigest()[:24]
 
 
-_SYNC = re.compile(r"\b(__syncthreads\w*|__syncwarp|__shfl\w*_sync|__ballot_sync|__any_sync|__all_sync|__activemask)\b")
+# What makes a thread wait for others (so the kernel runs on fibers, not as a plain loop): barriers,
+# every warp collective (`__shfl_down_sync`, `__reduce_add_sync`, `__match_any_sync`...), and the
+# cooperative groups, whose methods are those collectives.
+_SYNC = re.compile(r"\b(__syncthreads\w*|__syncwarp|__\w+_sync|__activemask|this_thread_block|tiled_partition|"
+                   r"coalesced_threads|thread_block_tile|this_grid|cooperative_groups)\b|\bcg::")
 
 
 _FUNCTION = re.compile(r"\b(?:__device__|__global__)\b[^;{}]*?\b(\w+)\s*\(")
@@ -149,7 +154,7 @@ _TYPEDEFS = {
     "long int": "long", "long long int": "long long", "unsigned long int": "unsigned long",
     "unsigned long long int": "unsigned long long", "short int": "short", "unsigned short int": "unsigned short",
     "signed int": "int", "signed long": "long", "signed long long": "long long", "signed short": "short",
-    "half": "__half",
+    "half": "__half", "half2": "__half2", "nv_bfloat16": "__nv_bfloat16", "nv_bfloat162": "__nv_bfloat162",
 }
 
 # C type -> (numpy dtype, number of scalars per element)
@@ -159,10 +164,14 @@ SCALAR_TYPES = {
     "unsigned long long": (np.uint64, 1), "short": (np.int16, 1), "unsigned short": (np.uint16, 1),
     "char": (np.int8, 1), "signed char": (np.int8, 1), "unsigned char": (np.uint8, 1), "bool": (np.bool_, 1),
 }
-VECTOR_TYPES = {
-    "float2": (np.float32, 2), "float4": (np.float32, 4), "int2": (np.int32, 2), "int4": (np.int32, 4),
-    "uint2": (np.uint32, 2), "uint4": (np.uint32, 4), "double2": (np.float64, 2), "__half": (np.float16, 1),
-}
+# CUDA's vector types, 1 to 4 components of every scalar type (char1 ... double4), and the 16-bit
+# floats of cuda_fp16.h and cuda_bf16.h: NumPy's float16 and ml_dtypes' bfloat16 (CuPy's too).
+_VECTOR_COMPONENTS = {"char": np.int8, "uchar": np.uint8, "short": np.int16, "ushort": np.uint16, "int": np.int32,
+                      "uint": np.uint32, "long": np.int64, "ulong": np.uint64, "longlong": np.int64,
+                      "ulonglong": np.uint64, "float": np.float32, "double": np.float64}
+VECTOR_TYPES = {f"{name}{n}": (dtype, n) for name, dtype in _VECTOR_COMPONENTS.items() for n in (1, 2, 3, 4)}
+VECTOR_TYPES.update({"__half": (np.float16, 1), "__half2": (np.float16, 2),
+                     "__nv_bfloat16": (ml_dtypes.bfloat16, 1), "__nv_bfloat162": (ml_dtypes.bfloat16, 2)})
 
 
 @dataclass

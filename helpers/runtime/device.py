@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cpu_backend, cuda_source
+from . import cpu_backend, cuda_source, nvrtc
 from .cuda_source import Kernel
 from .errors import CompileError, DeviceUnavailableError, KernelError, LaunchError, RaceError
 from .launch_checks import check_config, convert_args
@@ -244,8 +244,8 @@ class Module:
             # edit of a header recompile too.
             digest = cuda_source.source_digest(path, " ".join(self.options))
             code = self.source + f"\n// gpt2 digest {digest}\n"
-            self._raw = cupy.RawModule(code=code, options=("-std=c++17", f"-I{path.parent}",
-                                                           f"-I{cuda_source.CUDA_DIR}", *self.options),
+            includes = [f"-I{d}" for d in (path.parent, cuda_source.CUDA_DIR, *nvrtc.cuda_include_dirs())]
+            self._raw = cupy.RawModule(code=code, options=("-std=c++17", *includes, *self.options),
                                        name_expressions=self.name_expressions or None)
             # CuPy compiles lazily, at the first launch, with its own exception: compile now, as the CPU
             # backend does, so that a kernel that does not compile fails here with NVRTC's messages

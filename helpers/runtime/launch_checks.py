@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 
+import ml_dtypes
 import numpy as np
 
 from .cuda_source import Kernel, Param
@@ -89,9 +90,15 @@ def convert_args(kernel: Kernel, args, backend: str, array_types: tuple, foreign
                         if backend == "cupy" else
                         "a CuPy array on the GPU, but the active backend is the CPU: pass helpers.device.asnumpy(x)")
                 raise LaunchError(f"{where}: got {hint}")
+            if a is None:   # NULL, as in C: the kernel must test it before it reads (`if (bias != NULL)`)
+                out.append(None)
+                continue
             if not isinstance(a, array_types):
-                raise LaunchError(f"{where}: expects an array, got {type(a).__name__} {a!r:.40}")
-            if a.dtype.kind not in "biufc" or a.dtype.fields is not None:
+                raise LaunchError(f"{where}: expects an array (or None for a null pointer), got {type(a).__name__} "
+                                  f"{a!r:.40}")
+            if p.dtype is not None and a.dtype == p.dtype:
+                pass   # (ml_dtypes' bfloat16 is of kind 'V', like a struct; it is the pointee's own type here)
+            elif a.dtype.kind not in "biufc" or a.dtype.fields is not None:
                 raise LaunchError(f"{where}: got an array of {a.dtype} ({a.dtype.kind!r} kind), but a kernel can only be "
                                   f"given arrays of numbers (bool, int, float): an object or string array holds "
                                   f"Python objects, not the bytes a kernel reads")
@@ -99,8 +106,9 @@ def convert_args(kernel: Kernel, args, backend: str, array_types: tuple, foreign
                 raise LaunchError(f"{where}: got a big-endian {a.dtype.name} array ({a.dtype.str}); kernels read "
                                   f"native (little-endian) numbers: convert with x.astype('{a.dtype.newbyteorder('=').str}')")
             if p.dtype is not None and a.dtype != p.dtype:
+                module = "ml_dtypes" if p.dtype.name == "bfloat16" else "np"
                 raise LaunchError(f"{where}: expects a {p.dtype.name} array, got {a.dtype.name}; "
-                                  f"convert it with .astype(np.{p.dtype.name})")
+                                  f"convert it with .astype({module}.{p.dtype.name})")
             if not a.flags.c_contiguous:
                 raise LaunchError(f"{where}: the array is not contiguous (a transposed or strided view); "
                                   f"pass xp.ascontiguousarray(x)")
@@ -130,18 +138,18 @@ def convert_args(kernel: Kernel, args, backend: str, array_types: tuple, foreign
                 out.append(np.bool_(bool(a)))
                 continue
             raise LaunchError(f"{where}: expects a bool, got {type(a).__name__} {a!r}")
-        if p.base in ("float", "double"):
+        if p.base in ("float", "double", "__half", "__nv_bfloat16"):
             if isinstance(a, (numbers.Real, np.integer, np.floating)) and not isinstance(a, (bool, np.bool_)):
                 try:
                     as_float = float(a)
                 except OverflowError:
                     raise LaunchError(f"{where}: {a!r:.30} is too large for a {p.base} (at most "
-                                      f"{float(np.finfo(p.dtype).max):.4g})") from None
+                                      f"{float(ml_dtypes.finfo(p.dtype).max):.4g})") from None
                 with np.errstate(over="ignore"):
                     v = p.dtype.type(as_float)
                 if np.isfinite(as_float) and not np.isfinite(v):
                     raise LaunchError(f"{where}: {a!r:.30} is too large for a {p.base} (at most "
-                                      f"{float(np.finfo(p.dtype).max):.4g})")
+                                      f"{float(ml_dtypes.finfo(p.dtype).max):.4g})")
                 out.append(v)
                 continue
             raise LaunchError(f"{where}: expects a number, got {type(a).__name__} {a!r}")

@@ -151,8 +151,26 @@ def _check(lib, status: int, what: str) -> None:
         raise RuntimeError(f"NVRTC {what} failed: {lib.nvrtcGetErrorString(status).decode()}")
 
 
+def cuda_include_dirs() -> list[str]:
+    """Where CUDA's headers are (NVRTC has none built in): cuda_fp16.h, cuda_bf16.h and
+    cooperative_groups.h from the nvidia-cuda-runtime-cu12 wheel, nv/target and cuda/barrier (which
+    cooperative groups include) from nvidia-cuda-cccl-cu12, both dependencies on Linux and Windows;
+    else a CUDA toolkit named by CUDA_PATH or CUDA_HOME. Empty if there is none."""
+    for base in sys.path:
+        runtime, cccl = (Path(base) / "nvidia" / name / "include" for name in ("cuda_runtime", "cuda_cccl"))
+        if (runtime / "cuda_fp16.h").is_file():
+            return [str(runtime)] + ([str(cccl)] if (cccl / "nv" / "target").is_file() else [])
+    for var in ("CUDA_PATH", "CUDA_HOME"):
+        toolkit = Path(os.environ.get(var, "/nonexistent")) / "include"
+        if (toolkit / "cuda_fp16.h").is_file():
+            return [str(toolkit)] + [str(p) for p in [toolkit / "cccl"] if (p / "nv" / "target").is_file()]
+    return []
+
+
 def compile_program(source: str, name: str, options=(), name_expressions=()) -> Compiled:
-    """Compile one program. Raises NVRTCError (a CompileError) with NVRTC's log if it does not compile."""
+    """Compile one program. Raises NVRTCError (a CompileError) with NVRTC's log if it does not compile.
+    CUDA's headers (cuda_include_dirs) are on the include path."""
+    options = [*options, *(f"-I{d}" for d in cuda_include_dirs())]
     lib = library()
     program = ctypes.c_void_p()
     _check(lib, lib.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(), 0, None, None),

@@ -40,6 +40,7 @@ from .arena import MAP_ANONYMOUS, MAP_NORESERVE, MAP_SHARED, PAGE, Arena, _libc,
 
 HEADER = Path(__file__).with_name("gpt2cpu.h")
 RUNTIME_DIR = Path(__file__).with_name("gpt2cpu")
+INCLUDE_DIR = Path(__file__).with_name("include")   # the CUDA headers kernels include: <cooperative_groups.h>, <cuda_fp16.h>...
 FORWARD, REVERSE, RANDOM, DEPTH_FIRST = abi.FORWARD, abi.REVERSE, abi.RANDOM, abi.DEPTH_FIRST
 
 
@@ -244,7 +245,9 @@ def module_flags(path: Path, options=(), cxx: str | None = None) -> list[str]:
              "-ffp-contract=off", "-pthread", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-attributes",
              # every page of a large stack frame is touched in order, so an overflow always hits the guard page
              "-fstack-clash-protection",
-             f"-I{path.parent}", f"-I{cuda_source.CUDA_DIR}", *_user_defines(options), "-include", str(HEADER)]
+             f"-I{path.parent}", f"-I{cuda_source.CUDA_DIR}", *_user_defines(options),
+             # CUDA's own headers as the CPU backend provides them: cooperative_groups.h, cuda_fp16.h, cuda_bf16.h
+             f"-I{INCLUDE_DIR}", "-include", str(HEADER)]
     if sys.platform.startswith("linux"):
         flags.append("-Wl,-z,defs")  # an undefined function is a link error, not a failure at load
     if context_switch() == "ucontext":
@@ -253,7 +256,8 @@ def module_flags(path: Path, options=(), cxx: str | None = None) -> list[str]:
 
 
 def _runtime_text() -> str:
-    return HEADER.read_text() + "".join(p.read_text() for p in sorted(RUNTIME_DIR.glob("*.h")))
+    parts = [HEADER, *sorted(RUNTIME_DIR.glob("*.h")), *sorted(p for p in INCLUDE_DIR.rglob("*") if p.is_file())]
+    return "".join(p.read_text() for p in parts)
 
 
 _UNDEFINED = re.compile(r"undefined reference to [`']([^'`]+)'|Undefined symbols? .*?\"([^\"]+)\"")
@@ -489,7 +493,8 @@ def _launch(library, kernel, entry, grid, block, shared_mem, values, schedule, s
     if report.status == abi.RACE:
         raise BlockRace(_describe_race(kernel, report, groups, grid))
     if report.status != 0 or status != 0:
-        raise KernelError(_describe_failure(library, kernel, report, status, groups, shared_mem))
+        nulls = [p.name for p, v in zip(kernel.params, values) if p.pointer and v is None]
+        raise KernelError(_describe_failure(library, kernel, report, status, groups, shared_mem, nulls))
     for g in groups:
         if g.lead_written(arena):
             names = ", ".join(f"`{p.name}`" for _, p, _ in g.members)
@@ -581,7 +586,7 @@ def _where(report: Report) -> str:
     return f" in thread ({t[0]},{t[1]},{t[2]}) of block ({b[0]},{b[1]},{b[2]})"
 
 
-def _describe_failure(library, kernel, report: Report, status: int, groups, shared_mem: int) -> str:
+def _describe_failure(library, kernel, report: Report, status: int, groups, shared_mem: int, nulls=()) -> str:
     head = f"kernel `{kernel.name}` ({library.compiled.path.name})"
     where = _where(report)
     if report.status == abi.RUNTIME_ERROR:
@@ -608,7 +613,7 @@ def _describe_failure(library, kernel, report: Report, status: int, groups, shar
             return (f"{head}: illegal memory access{where}{at}: an address outside the address space (an index "
                     f"far beyond any argument, or a wildly wrong pointer; for a type declared __align__(n), also an "
                     f"address that is not a multiple of n)")
-        return f"{head}: {_classify_address(report, groups)}{where}{at}"
+        return f"{head}: {_classify_address(report, groups, nulls)}{where}{at}"
     if os.WIFSIGNALED(status):
         return f"{head}: the launch process was killed by signal {os.WTERMSIG(status)} (out of memory?)"
     return f"{head}: the launch process failed (status {status})"
@@ -629,7 +634,7 @@ def _members(g) -> str:
     return " / ".join(f"`{p.name}` (argument {i})" for i, p, _ in g.members)
 
 
-def _classify_address(report: Report, groups) -> str:
+def _classify_address(report: Report, groups, nulls=()) -> str:
     access = {0: "read", 1: "write"}.get(report.access, "access")
     addr = report.addr
     found = _locate(report, addr, groups)
@@ -645,8 +650,11 @@ def _classify_address(report: Report, groups) -> str:
                     f"-{-(off // item)})")
         return (f"write to {_members(g)}, which the kernel declares const (through a cast?)"
                 if report.access == 1 else f"invalid {access} inside {_members(g)}")
-    if addr < 65536:
-        return f"{access} through a null pointer (address {addr:#x})"
+    if addr < 1 << 24:   # NULL plus an index: within the first 16 MiB, where nothing is ever mapped
+        given = (f": the argument{'s' if len(nulls) > 1 else ''} passed as None "
+                 f"{'are' if len(nulls) > 1 else 'is'} {', '.join(f'`{n}`' for n in nulls)}; check it before use "
+                 f"(`if ({nulls[0]} != NULL)`) or pass an array" if nulls else "")
+        return f"{access} through a null pointer (address {addr:#x}){given}"
     return (f"illegal memory {access} at address {addr:#x}: a pointer that points nowhere the kernel was given "
             f"(an index far beyond any argument, or a pointer computed wrongly)")
 

@@ -125,8 +125,14 @@ GPT2CPU_TYPE_NAME(unsigned long, "unsigned long") GPT2CPU_TYPE_NAME(long long, "
 GPT2CPU_TYPE_NAME(unsigned long long, "unsigned long long") GPT2CPU_TYPE_NAME(short, "short")
 GPT2CPU_TYPE_NAME(unsigned short, "unsigned short") GPT2CPU_TYPE_NAME(char, "char")
 GPT2CPU_TYPE_NAME(signed char, "signed char") GPT2CPU_TYPE_NAME(unsigned char, "unsigned char")
-GPT2CPU_TYPE_NAME(bool, "bool") GPT2CPU_TYPE_NAME(float2, "float2") GPT2CPU_TYPE_NAME(float4, "float4")
-GPT2CPU_TYPE_NAME(int2, "int2") GPT2CPU_TYPE_NAME(int4, "int4") GPT2CPU_TYPE_NAME(void, "void")
+GPT2CPU_TYPE_NAME(bool, "bool")
+GPT2CPU_TYPE_NAME(void, "void")
+#define GPT2CPU_VECTOR_NAMES(P) GPT2CPU_TYPE_NAME(P##1, #P "1") GPT2CPU_TYPE_NAME(P##2, #P "2") \
+    GPT2CPU_TYPE_NAME(P##3, #P "3") GPT2CPU_TYPE_NAME(P##4, #P "4")
+GPT2CPU_VECTOR_NAMES(char) GPT2CPU_VECTOR_NAMES(uchar) GPT2CPU_VECTOR_NAMES(short) GPT2CPU_VECTOR_NAMES(ushort)
+GPT2CPU_VECTOR_NAMES(int) GPT2CPU_VECTOR_NAMES(uint) GPT2CPU_VECTOR_NAMES(long) GPT2CPU_VECTOR_NAMES(ulong)
+GPT2CPU_VECTOR_NAMES(longlong) GPT2CPU_VECTOR_NAMES(ulonglong) GPT2CPU_VECTOR_NAMES(float) GPT2CPU_VECTOR_NAMES(double)
+#undef GPT2CPU_VECTOR_NAMES
 #undef GPT2CPU_TYPE_NAME
 
 template <class T> struct describe {

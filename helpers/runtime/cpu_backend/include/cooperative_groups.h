@@ -97,7 +97,10 @@ class warp_group {
     }
 };
 
-template <unsigned N> class thread_block_tile : public warp_group {
+// thread_block_tile<N> or, as CUDA also spells it, thread_block_tile<N, Parent>: the same tile (the
+// parent only says where it came from), so either converts to the other.
+template <unsigned N, class Parent = void> class thread_block_tile;
+template <unsigned N> class thread_block_tile<N, void> : public warp_group {
     static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "a tile has 1, 2, 4, 8, 16 or 32 threads");
   public:
     thread_block_tile()
@@ -105,9 +108,14 @@ template <unsigned N> class thread_block_tile : public warp_group {
     static constexpr unsigned num_threads() { return N; }
     static constexpr unsigned size() { return N; }
 };
+template <unsigned N, class Parent> class thread_block_tile : public thread_block_tile<N, void> {
+  public:
+    thread_block_tile() = default;
+    thread_block_tile(const thread_block_tile<N, void>&) {}
+};
 
-template <unsigned N, class Parent> static inline thread_block_tile<N> tiled_partition(const Parent&) {
-    return thread_block_tile<N>();
+template <unsigned N, class Parent> static inline thread_block_tile<N, Parent> tiled_partition(const Parent&) {
+    return thread_block_tile<N, Parent>();
 }
 
 // tiled_partition(parent, n) with n known at run time: a group of n lanes (n a power of two, at most 32)
@@ -127,8 +135,10 @@ class coalesced_group : public warp_group {
   public:
     explicit coalesced_group(unsigned mask) : warp_group(mask, 32, false) {}
 };
-// The lanes that run this call together (the runtime's __activemask rendezvous).
-#define coalesced_threads() ::cooperative_groups::coalesced_group(::gpt2cpu::activemask(__LINE__))
+// The lanes that run this call together (the runtime's __activemask rendezvous at the caller's line).
+static inline coalesced_group coalesced_threads(int line = __builtin_LINE()) {
+    return coalesced_group(::gpt2cpu::activemask(line));
+}
 
 static inline void sync(const thread_block& g) { g.sync(); }
 static inline void sync(const warp_group& g) { g.sync(); }

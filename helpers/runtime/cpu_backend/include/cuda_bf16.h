@@ -26,6 +26,8 @@ typedef __nv_bfloat162 nv_bfloat162;
 namespace gpt2cpu {
 static inline __nv_bfloat16 bf16_from_bits(uint16_t b) { __nv_bfloat16 h; h.__x = b; return h; }
 static inline __nv_bfloat16 bf16_round(double d) { return bf16_from_bits(double_to_bf16_bits(d)); }
+template <> struct type_name<__nv_bfloat16> { static const char* get() { return "__nv_bfloat16"; } };
+template <> struct type_name<__nv_bfloat162> { static const char* get() { return "__nv_bfloat162"; } };
 }  // namespace gpt2cpu
 
 static inline __nv_bfloat16 __float2bfloat16(float f) { return gpt2cpu::bf16_from_bits(gpt2cpu::float_to_bf16_bits(f, gpt2cpu::ROUND_NEAREST)); }

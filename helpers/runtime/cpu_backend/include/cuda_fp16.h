@@ -28,6 +28,8 @@ namespace gpt2cpu {
 static inline __half half_from_bits(uint16_t b) { __half h; h.__x = b; return h; }
 static inline __half half_round(float f, RoundMode m) { return half_from_bits(float_to_half_bits(f, m)); }
 static inline __half half_round_double(double d) { return half_from_bits(double_to_half_bits(d)); }
+template <> struct type_name<__half> { static const char* get() { return "__half"; } };   // for signatures
+template <> struct type_name<__half2> { static const char* get() { return "__half2"; } };
 }  // namespace gpt2cpu
 
 // conversions

@@ -1,0 +1,233 @@
+"""CUDA that real code is written in, on the CPU backend with the GPU's results, and compiled by
+NVRTC (for sm_80 and sm_90, with NVIDIA's own headers) in the same test: each feature at odd sizes
+against NumPy. The kernels are in tests/kernels/, written from CUDA's documentation."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+from helpers.runtime import device, nvrtc
+from helpers.runtime.cuda_source import REPO_ROOT
+
+KERNELS = REPO_ROOT / "tests" / "kernels"
+
+
+def load(name):
+    return device.load_module(KERNELS / name, backend="cpu")
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+@pytest.mark.parametrize("name", ["cooperative_groups.cu", "half_precision.cu"])
+def test_nvrtc_compiles_the_feature_kernels(name, arch):
+    nvrtc.compile_program((KERNELS / name).read_text(), name, [f"-arch={arch}", "-std=c++17"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Cooperative groups
+# ------------------------------------------------------------------------------------------------
+def test_cg_thread_block_describes_itself():
+    blocks, threads = 3, 96
+    out = np.full((blocks * threads, 5), -1, np.int32)
+    load("cooperative_groups.cu").get_function("block_info")((blocks,), (threads,), (out,))
+    t = np.arange(blocks * threads)
+    expected = np.stack([t % threads, np.full_like(t, threads), t // threads, t % threads,
+                         np.full_like(t, threads)], axis=1)
+    assert np.array_equal(out, expected)
+
+
+def test_cg_reduce_over_tiles_of_every_size():
+    n, blocks, threads = 1000, 4, 256   # the last 24 threads read nothing
+    x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    outs = [np.zeros(blocks * threads // size, np.float32) for size in (1, 2, 4, 8, 16, 32)]
+    load("cooperative_groups.cu").get_function("reduce_tiles")((blocks,), (threads,), (x, *outs, n))
+    padded = np.concatenate([x, np.zeros(blocks * threads - n, np.float32)]).astype(np.float64)
+    for size, out in zip((1, 2, 4, 8, 16, 32), outs):
+        ref = padded.reshape(-1, size).sum(axis=1)
+        np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5, err_msg=f"tiles of {size}")
+
+
+def test_cg_scans_and_every_functor():
+    n, threads = 1001, 128
+    x = np.random.default_rng(1).integers(-50, 50, n).astype(np.int32)
+    out = np.zeros((n, 8), np.int32)
+    load("cooperative_groups.cu").get_function("scans")((8,), (threads,), (x, out, n))
+    padded = np.concatenate([x, np.zeros(8 * threads - n, np.int32)]).reshape(-1, 8)
+    tiles = np.repeat(padded, 8, axis=0)[:n]      # each thread's tile
+    rank = np.arange(n) % 8
+    inclusive = np.cumsum(padded, axis=1).reshape(-1)[:n]
+    assert np.array_equal(out[:, 0], inclusive)
+    assert np.array_equal(out[:, 1], inclusive - x)
+    assert np.array_equal(out[:, 2], tiles.min(axis=1)) and np.array_equal(out[:, 3], tiles.max(axis=1))
+    assert np.array_equal(out[:, 4], np.bitwise_and.reduce(tiles, axis=1))
+    assert np.array_equal(out[:, 5], np.bitwise_or.reduce(tiles, axis=1))
+    assert np.array_equal(out[:, 6], np.bitwise_xor.reduce(tiles, axis=1))
+    # max_abs folds in rank order: max(|max(|a|, |b|)|, |c|) = the largest |value|
+    assert np.array_equal(out[:, 7], np.abs(tiles).max(axis=1))
+    assert rank.max() == 7
+
+
+def test_cg_tile_collectives():
+    threads = 64
+    x = np.random.default_rng(2).integers(0, 100, 2 * threads).astype(np.int32)
+    out = np.zeros((2 * threads, 8), np.int32)
+    load("cooperative_groups.cu").get_function("tile_collectives")((2,), (threads,), (x, out))
+    tiles = x.reshape(-1, 16)
+    for i in range(2 * threads):
+        t, r = tiles[i // 16], i % 16
+        assert out[i, 0] == t[3]
+        assert out[i, 1] == (t[r - 2] if r >= 2 else t[r])
+        assert out[i, 2] == (t[r + 5] if r + 5 < 16 else t[r])
+        assert out[i, 3] == t[r ^ 1]
+        assert out[i, 4] == int((t > 90).any()) and out[i, 5] == 1
+        assert out[i, 6] == sum(1 << k for k in range(16) if t[k] % 2 == 0)
+        assert out[i, 7] == sum(1 << k for k in range(16) if t[k] % 3 == t[r] % 3)
+
+
+def test_cg_dynamic_partition_and_coalesced_group():
+    threads = 64
+    x = np.arange(threads, dtype=np.int32) * 3 + 1
+    out = np.zeros((threads, 3), np.int32)
+    load("cooperative_groups.cu").get_function("dynamic_and_coalesced")((1,), (threads,), (x, out))
+    t = np.arange(threads)
+    assert np.array_equal(out[:, 0], np.repeat(x.reshape(-1, 4).sum(axis=1), 4))
+    assert np.array_equal(out[:, 1], t % 4)
+    odd_sums = {w: int(x[w * 32:(w + 1) * 32][1::2].sum()) for w in range(2)}
+    expected = np.where(t % 2, np.array([odd_sums[w] for w in t // 32]) * 100 + (t % 32) // 2, -1)
+    assert np.array_equal(out[:, 2], expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# 16-bit floats: cuda_fp16.h and cuda_bf16.h
+# ------------------------------------------------------------------------------------------------
+def all_values(dtype):
+    """Every non-NaN value of a 16-bit float type, sorted, as float64 (infinities included)."""
+    v = np.arange(2**16, dtype=np.uint16).view(dtype).astype(np.float64)
+    return np.unique(v[~np.isnan(v)])
+
+
+def round_to(dtype, x, mode):
+    """x (float64) rounded to `dtype` by CUDA's mode: rn (nearest, ties to even), rz, rd, ru."""
+    table = all_values(dtype)
+    finite_max = table[-2]
+    hi_index = np.clip(np.searchsorted(table, x, side="left"), 0, len(table) - 1)
+    up = table[hi_index]                                          # smallest value >= x
+    down = table[np.clip(np.searchsorted(table, x, side="right") - 1, 0, len(table) - 1)]   # largest <= x
+    signed = lambda r: np.where(r == 0, np.copysign(0.0, x), r)  # noqa: E731  (a zero keeps x's sign)
+    if mode == "ru":
+        return signed(up)
+    if mode == "rd":
+        return signed(down)
+    if mode == "rz":
+        return signed(np.where(x >= 0, down, up))
+    # nearest: the closer of down and up, ties to the even bit pattern; past the largest finite value
+    # by half a step or more (IEEE 754: the step beyond it), infinity
+    d_bits = down.astype(dtype).view(np.uint16)
+    pick_up = (up - x < x - down) | ((up - x == x - down) & (d_bits % 2 == 1))
+    out = np.where(pick_up, up, down)
+    step = finite_max - table[-3]
+    out = np.where(np.abs(x) >= finite_max + step / 2, np.copysign(np.inf, x), out)
+    return signed(np.where(x == down, x, out))
+
+
+def conversion_inputs():
+    rng = np.random.default_rng(3)
+    x = np.concatenate([
+        rng.standard_normal(400) * np.exp2(rng.integers(-30, 20, 400)),   # every exponent, subnormals too
+        1 + (np.arange(1, 40) * 2 - 1) * 2.0**-11,                         # halfway between halves near 1
+        1 + (np.arange(1, 40) * 2 - 1) * 2.0**-8,                          # ... and between bfloat16s
+        [0.0, -0.0, 65504.0, 65519.0, 65520.0, 1e6, -1e6, 6e-8, -6e-8, 3e-8, 1e-9, np.inf, -np.inf],
+        rng.uniform(-1000, 1000, 460),
+    ]).astype(np.float32)
+    return x[:1001]
+
+
+def test_conversions_round_as_cuda_defines():
+    x = conversion_inputs()
+    n = x.size
+    h = np.zeros(4 * n, np.float16)
+    b = np.zeros(4 * n, ml_dtypes.bfloat16)
+    back = np.zeros(2 * n, np.float32)
+    load("half_precision.cu").get_function("convert")((ceil(n, 128),), (128,), (x, h, b, back, n))
+    for k, mode in enumerate(("rn", "rz", "rd", "ru")):
+        for name, got, dtype in (("half", h, np.float16), ("bfloat16", b, ml_dtypes.bfloat16)):
+            want = round_to(dtype, x.astype(np.float64), mode).astype(dtype)
+            same = got[k::4].view(np.uint16) == want.view(np.uint16)
+            assert same.all(), f"{name} {mode}: x={x[~same][:5]} got {got[k::4][~same][:5]} want {want[~same][:5]}"
+    assert np.array_equal(h[0::4].view(np.uint16), x.astype(np.float16).view(np.uint16))   # NumPy agrees
+    assert np.array_equal(b[0::4].view(np.uint16), x.astype(ml_dtypes.bfloat16).view(np.uint16))
+    assert np.array_equal(back[0::2], h[0::4].astype(np.float32))
+    assert np.array_equal(back[1::2], b[0::4].astype(np.float32))
+
+
+def ceil(n, per):
+    return -(-n // per)
+
+
+def test_half_arithmetic_rounds_each_operation_once():
+    n = 1001
+    rng = np.random.default_rng(4)
+    a, b = (rng.uniform(-8, 8, n).astype(np.float16) for _ in range(2))
+    scale = 0.3
+    out = np.zeros(8 * n, np.float16)
+    load("half_precision.cu").get_function("half_arith")((ceil(n, 128),), (128,), (a, b, out, scale, n))
+    a64, b64, s64 = a.astype(np.float64), b.astype(np.float64), float(np.float16(scale))
+    want = [a64 + b64, a64 - b64, a64 * b64, a64 * b64 + s64, np.maximum(a64, b64), np.minimum(a64, b64),
+            (a64 < b64).astype(np.float64), -np.abs(a64)]
+    for k, w in enumerate(want):   # each exact in float64, then rounded once
+        assert np.array_equal(out[k::8], round_to(np.float16, w, "rn").astype(np.float16)), f"operation {k}"
+
+
+def test_pairs_and_bfloat16_arithmetic():
+    n = 257
+    rng = np.random.default_rng(5)
+    a = rng.uniform(-4, 4, 2 * n).astype(np.float16)
+    b = rng.uniform(-4, 4, 2 * n).astype(ml_dtypes.bfloat16)
+    ha, bb = np.zeros(4 * n, np.float16), np.zeros(2 * n, ml_dtypes.bfloat16)
+    bs = np.zeros(2 * n, ml_dtypes.bfloat16)
+    load("half_precision.cu").get_function("pairs")((ceil(n, 64),), (64,), (a, b, ha, bb, bs, n))
+    a64, b64 = a.astype(np.float64).reshape(n, 2), b.astype(np.float64).reshape(n, 2)
+    r = lambda dtype, v: round_to(dtype, v, "rn").astype(dtype)  # noqa: E731
+    assert np.array_equal(ha.reshape(n, 2, 2)[:, 0], r(np.float16, 2 * a64))
+    assert np.array_equal(ha.reshape(n, 2, 2)[:, 1], r(np.float16, a64 * a64[:, ::-1]))
+    assert np.array_equal(bb.reshape(n, 2).view(np.uint16), r(ml_dtypes.bfloat16, b64 * b64 + b64).view(np.uint16))
+    assert np.array_equal(bs[0::2].view(np.uint16), r(ml_dtypes.bfloat16, b64[:, 0] + b64[:, 1]).view(np.uint16))
+    assert np.array_equal(bs[1::2].view(np.uint16), r(ml_dtypes.bfloat16, b64[:, 0] * b64[:, 1]).view(np.uint16))
+
+
+def test_atomic_add_on_16_bit_floats():
+    n, k = 1001, 7
+    h, b = np.zeros(k, np.float16), np.zeros(k, ml_dtypes.bfloat16)
+    load("half_precision.cu").get_function("atomic_counts")((ceil(n, 128),), (128,), (h, b, n, k))
+    counts = np.bincount(np.arange(n) % k)   # at most 143: exact in both formats
+    assert np.array_equal(h.astype(np.int64), counts) and np.array_equal(b.astype(np.int64), counts)
+
+
+def test_16_bit_arrays_are_checked_at_launch():
+    fn = load("half_precision.cu").get_function("half_arith")
+    a = np.zeros(8, np.float16)
+    with pytest.raises(device.LaunchError, match=r"expects a float16 array, got float32; convert it with "
+                                                 r"\.astype\(np\.float16\)"):
+        fn((1,), (8,), (a.astype(np.float32), a, a, 0.5, 8))
+    pairs = load("half_precision.cu").get_function("pairs")
+    b = np.zeros(16, ml_dtypes.bfloat16)
+    with pytest.raises(device.LaunchError, match=r"expects a bfloat16 array, got float16; convert it with "
+                                                 r"\.astype\(ml_dtypes\.bfloat16\)"):
+        pairs((1,), (8,), (a.repeat(2), b.astype(np.float16), np.zeros(32, np.float16), b, b, 8))
+    with pytest.raises(device.LaunchError, match=r"reads it as __half2, so its size must be a multiple of 2"):
+        pairs((1,), (8,), (np.zeros(15, np.float16), b, np.zeros(32, np.float16), b, b, 8))
+
+
+# ------------------------------------------------------------------------------------------------
+# Null pointers
+# ------------------------------------------------------------------------------------------------
+def test_none_is_a_null_pointer():
+    n = 1001
+    x, bias = np.arange(n, dtype=np.float32), np.full(n, 0.5, np.float32)
+    mod = load("half_precision.cu")
+    out = np.zeros(n, np.float32)
+    mod.get_function("add_bias")((ceil(n, 128),), (128,), (out, x, None, n))
+    assert np.array_equal(out, x)
+    mod.get_function("add_bias")((ceil(n, 128),), (128,), (out, x, bias, n))
+    assert np.array_equal(out, x + 0.5)
+    with pytest.raises(device.KernelError, match=r"read through a null pointer .*the argument passed as None is `bias`"):
+        mod.get_function("add_bias_unchecked")((ceil(n, 128),), (128,), (out, x, None, n))
+    device.racecheck(mod.get_function("add_bias"), (ceil(n, 128),), (128,), (out, x, None, n))
