@@ -118,8 +118,8 @@ def compile_file(path, arch: str = "sm_90") -> list[KernelResources]:
     for f in [path, *cuda_source.local_includes(path)]:
         # (NVRTC finds it among CUDA's headers here, but a GPU's CuPy often does not, and no kernel needs it)
         if re.search(r'#\s*include\s*[<"]cuda_runtime(_api)?\.h[>"]', cuda_source.strip_comments(f.read_text())):
-            raise CompileError(f"{_display_name(path)} does not compile with NVRTC as CuPy runs it: {f.name} includes "
-                               f"cuda_runtime.h, the CUDA runtime's host header, which NVRTC programs do not have."
+            raise CompileError(f"{_display_name(path)} does not compile for {arch} with NVRTC as CuPy runs it: {f.name} "
+                               f"includes cuda_runtime.h, the CUDA runtime's host header, which NVRTC programs lack."
                                f"\nhint: kernels need nothing from it: remove the #include.")
     expressions = cuda_source.declared_name_expressions(path)
     options = [f"-arch={arch}", "--ptxas-options=--verbose", "-std=c++17",
