@@ -244,7 +244,7 @@ def test_compiled_signatures_agree_with_the_parser():
         from helpers.runtime.cuda_source import declared_name_expressions
         mod = device.load_module(path, backend="cpu", name_expressions=declared_name_expressions(path))
         for entry in mod._library.compiled.entries:
-            parsed = ",".join(p.ctype for p in kernel_signature(mod.source, entry).params)
+            parsed = ",".join(p.ctype for p in kernel_signature(mod.expanded_source, entry).params)
             compiled = re.sub(r"\bunsigned long long\b", "unsigned long long", mod._library.signature(entry))
             assert parsed == compiled, f"{path.name}:{entry}: parser says {parsed}, compiler says {compiled}"
 

@@ -5,7 +5,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from helpers.runtime import device, nvrtc
+from helpers.runtime import cuda_source, device, nvrtc_report
 from helpers.runtime.cuda_source import REPO_ROOT
 
 KERNELS = REPO_ROOT / "tests" / "kernels"
@@ -15,10 +15,15 @@ def load(name):
     return device.load_module(KERNELS / name, backend="cpu")
 
 
-@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
-@pytest.mark.parametrize("name", ["cooperative_groups.cu", "half_precision.cu"])
+FEATURE_FILES = ["cooperative_groups.cu", "half_precision.cu", "headers_and_signatures.cu"]
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", FEATURE_FILES)
 def test_nvrtc_compiles_the_feature_kernels(name, arch):
-    nvrtc.compile_program((KERNELS / name).read_text(), name, [f"-arch={arch}", "-std=c++17"])
+    rows = nvrtc_report.compile_file(KERNELS / name, arch)   # NVIDIA's headers, the file's own folder
+    assert {r.kernel.partition("<")[0] for r in rows} >= {k for k in cuda_source.parse_kernels(
+        (KERNELS / name).read_text())}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,3 +236,53 @@ def test_none_is_a_null_pointer():
     with pytest.raises(device.KernelError, match=r"read through a null pointer .*the argument passed as None is `bias`"):
         mod.get_function("add_bias_unchecked")((ceil(n, 128),), (128,), (out, x, None, n))
     device.racecheck(mod.get_function("add_bias"), (ceil(n, 128),), (128,), (out, x, None, n))
+
+
+# ------------------------------------------------------------------------------------------------
+# Local headers, C++ in signatures, templates
+# ------------------------------------------------------------------------------------------------
+def test_shared_memory_declared_in_a_header():
+    n = 1001
+    x = np.random.default_rng(6).standard_normal(n).astype(np.float32)
+    out = np.zeros(8, np.float32)
+    fn = load("headers_and_signatures.cu").get_function("block_sums")
+    fn((8,), (128,), (x, out, n))
+    padded = np.concatenate([x, np.zeros(8 * 128 - n, np.float32)]).astype(np.float64).reshape(8, 128)
+    np.testing.assert_allclose(out, padded.sum(axis=1), atol=1e-5, rtol=1e-6)
+    device.racecheck(fn, (8,), (128,), (x, out, n))
+
+
+def test_typedefs_and_launch_bounds_expressions_are_read_as_the_compiler_reads_them():
+    mod = load("headers_and_signatures.cu")
+    sums, doubled = mod.get_function("block_sums"), mod.get_function("doubled")
+    assert sums.kernel.describe() == "block_sums(const float* x, float* out, int n)"   # floatX, index_t
+    assert doubled.kernel.describe() == "doubled(float* x, unsigned int n)"             # uint
+    assert sums.kernel.max_threads == 128 and doubled.kernel.max_threads == 128      # (TILE*4), (TILE*TILE)/(4*2)
+    assert ",".join(p.ctype for p in sums.kernel.params) == mod._library.signature("block_sums")
+    x = np.arange(1001, dtype=np.float32)
+    y = x.copy()
+    doubled((8,), (128,), (y, 1001))
+    assert np.array_equal(y, 2 * x)
+    with pytest.raises(device.LaunchError, match=r"declared __launch_bounds__\(128\) but was launched with 256"):
+        doubled((4,), (256,), (y, 1001))
+    with pytest.raises(device.LaunchError, match=r"expects a float32 array, got float64"):
+        doubled((8,), (128,), (x.astype(np.float64), 1001))
+
+
+def test_template_kernels_come_from_the_files_name_expressions_line():
+    mod = load("headers_and_signatures.cu")   # no name_expressions: the file lists scale_template<float>, <int>
+    xi = np.arange(1001, dtype=np.int32)
+    mod.get_function("scale_template<int>")((8,), (128,), (xi, 3, 1001))
+    assert np.array_equal(xi, 3 * np.arange(1001))
+    xf = np.ones(1001, np.float32)
+    mod.get_function("scale_template<float>")((8,), (128,), (xf, 0.5, 1001))
+    assert np.all(xf == 0.5)
+
+
+def test_a_file_of_template_kernels_without_instantiations_says_what_to_pass(tmp_path):
+    path = tmp_path / "only_templates.cu"
+    path.write_text("template <typename T, int N>\n__global__ void fill(T* x) { x[threadIdx.x] = T(N); }\n")
+    with pytest.raises(device.CompileError, match=r"only template kernels \(fill\): say which instantiations to "
+                                                  r"compile, e\.g\. load_module\(\.\.\., name_expressions="
+                                                  r"\['fill<float, float>'\]\)"):
+        device.load_module(path, backend="cpu")

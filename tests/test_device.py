@@ -140,11 +140,20 @@ def test_notebook_code_lines_fit_a_1280px_window():
 
 
 def test_no_kernel_uses_what_nvrtc_lacks():
+    """No cuda_runtime.h, M_PI or INFINITY; of the system headers, only CUDA's own that both backends
+    provide (the CPU backend's include/ folder: cooperative groups, cuda_fp16.h, cuda_bf16.h)."""
+    import re
+
+    from helpers.runtime.cpu_backend import INCLUDE_DIR
+    from helpers.runtime.cuda_source import strip_comments
+    provided = {str(p.relative_to(INCLUDE_DIR)) for p in INCLUDE_DIR.rglob("*.h") if not p.name.startswith("gpt2cpu")}
+    assert {"cooperative_groups.h", "cooperative_groups/reduce.h", "cuda_fp16.h", "cuda_bf16.h"} <= provided
     for cu in sorted((REPO_ROOT / "cuda").glob("*.cu")) + sorted((REPO_ROOT / "tests" / "kernels").glob("*.cu")):
-        from helpers.runtime.cuda_source import strip_comments
         text = strip_comments(cu.read_text())
-        for banned in ("cuda_runtime.h", "M_PI", "INFINITY", "#include <"):
+        for banned in ("cuda_runtime.h", "M_PI", "INFINITY"):
             assert banned not in text, f"{cu.name} uses {banned}, which NVRTC does not provide"
+        for header in re.findall(r"#\s*include\s*<([^>]+)>", text):
+            assert header in provided, f"{cu.name} includes <{header}>, which the CPU backend does not provide"
 
 
 def test_racecheck_copies_keep_aliasing_on_both_backends():

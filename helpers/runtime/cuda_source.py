@@ -5,6 +5,7 @@ here, before CuPy or the CPU backend sees it.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -77,6 +78,34 @@ def local_includes(path: Path, seen=None) -> list[Path]:
     return seen
 
 
+_INCLUDE_LINE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[^\n]*', re.M)
+_PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[^\n]*", re.M)
+
+
+def inline_local_includes(path: Path, _seen=None) -> str:
+    """The file's text (comments stripped) with every local `#include "..."` replaced by the included
+    file's own text, recursively, between #line directives (so the compiler's messages still name
+    the header and its line). A header is inlined once, as `#pragma once` or its include guard
+    would have it. What the CPU backend compiles, so that its rewriting of `__shared__` reaches
+    headers too, and what the signature parser reads, so that it sees a header's typedefs."""
+    seen = set() if _seen is None else _seen
+    text = _PRAGMA_ONCE.sub("", strip_comments(path.read_text()))
+    out, pos = [], 0
+    for m in _INCLUDE_LINE.finditer(text):
+        found = next((f for f in ((base / m.group(1)).resolve() for base in (path.parent, CUDA_DIR)) if f.is_file()),
+                     None)
+        if found is None:
+            continue  # left to the compiler, which says it is missing
+        line = text.count("\n", 0, m.start()) + 1
+        out.append(text[pos:m.start()])
+        if found not in seen:
+            seen.add(found)
+            out.append(f'#line 1 "{found}"\n{inline_local_includes(found, seen)}\n#line {line} "{path}"')
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def source_digest(path: Path, extra: str = "") -> str:
     """Hash of a file, the files it includes and `extra`: editing any of them changes it."""
     h = hashlib.sha256(extra.encode())
@@ -121,7 +150,8 @@ def kernels_needing_fibers(path: Path) -> set[str]:
     """Functions that wait for other threads (barriers, warp collectives), directly or through the
     __device__ functions they call. The others run their threads as a plain loop, no fibers."""
     text = "\n".join(strip_comments(f.read_text()) for f in [path, *local_includes(path)])
-    text = re.sub(r"__launch_bounds__\s*\([^)]*\)", " ", text)  # not a function name
+    while (m := re.search(r"__launch_bounds__\s*\(", text)):   # not a function name (its parentheses nest)
+        text = text[:m.start()] + " " + text[_matching(text, m.end() - 1, "(", ")") + 1:]
     bodies = _function_bodies(text)
     needs = {name for name, body in bodies.items() if _SYNC.search(body)}
     changed = True
@@ -270,12 +300,19 @@ def parse_kernels(src: str) -> dict[str, dict]:
     for m in _GLOBAL.finditer(text):
         i = m.end()
         head = text[i : i + 400]
-        hm = re.match(r"\s*(?:__launch_bounds__\s*\(([^)]*)\)\s*)?void\s+(?:__launch_bounds__\s*\(([^)]*)\)\s*)?(\w+)\s*\(", head)
+        head, bounds = _take_launch_bounds(head)
+        before_global = re.search(r"__launch_bounds__\s*\(((?:[^()]|\([^()]*\))*)\)\s*$", text[max(0, m.start() - 200):m.start()])
+        bounds = bounds or (before_global.group(1) if before_global else None)   # __launch_bounds__(n) __global__
+        hm = re.match(r"\s*void\s+", head)
+        if hm:
+            rest, after = _take_launch_bounds(head[hm.end():])
+            bounds = bounds or after
+            head = head[:hm.end()] + rest
+        hm = re.match(r"\s*void\s+(\w+)\s*\(", head)
         if not hm:
             continue
-        bounds = hm.group(1) or hm.group(2)
-        name = hm.group(3)
-        open_at = i + hm.end() - 1
+        name = hm.group(1)
+        open_at = re.compile(rf"\b{name}\s*\(").search(text, i).end() - 1
         close_at = _matching(text, open_at, "(", ")")
         params_text = text[open_at + 1 : close_at]
         # template<...> right before (possibly with extern/static in between)
@@ -290,10 +327,96 @@ def parse_kernels(src: str) -> dict[str, dict]:
         max_threads = None
         if bounds:
             first = split_top_level(bounds)[0].strip()
-            max_threads = int(first) if first.isdigit() else first
+            max_threads = constant_int(first, defines(text))
+            if max_threads is None:
+                max_threads = first   # a template parameter's expression: known per instantiation
         found[name] = dict(params=params_text, template_params=template_params, max_threads=max_threads,
                            line=text.count("\n", 0, m.start()) + 1)
     return found
+
+
+def _take_launch_bounds(head: str) -> tuple[str, str | None]:
+    """head without a leading `__launch_bounds__(...)` (parentheses balanced), and what was inside."""
+    m = re.match(r"\s*__launch_bounds__\s*\(", head)
+    if not m:
+        return head, None
+    close = _matching(head, m.end() - 1, "(", ")")
+    return head[close + 1:], head[m.end():close]
+
+
+_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+([^\n]+)$", re.M)
+
+
+def defines(text: str) -> dict[str, str]:
+    """The object-like macros of a source: NAME -> replacement text."""
+    return {m.group(1): m.group(2).strip() for m in _DEFINE.finditer(text)}
+
+
+def constant_int(expression: str, macros: dict[str, str], depth: int = 0):
+    """The value of an integer constant expression made of literals, macros and + - * / % << >> ( ),
+    as the compiler computes it (C's truncating division); None if it is anything else."""
+    def expand(m):
+        return f"({macros[m.group(0)]})" if m.group(0) in macros else m.group(0)
+    text = expression
+    for _ in range(16):   # macros of macros
+        new = re.sub(r"\b[A-Za-z_]\w*\b", expand, text)
+        if new == text:
+            break
+        text = new
+    text = re.sub(r"(\d+)[uUlL]+\b", r"\1", text)
+    if not re.fullmatch(r"[\d\s+\-*/%()<>]*", text) or re.search(r"[<>]", text.replace("<<", "").replace(">>", "")):
+        return None
+    try:
+        tree = ast.parse(text.replace("/", "//"), mode="eval")
+    except SyntaxError:
+        return None
+    ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.FloorDiv: lambda a, b: int(a / b) if b else None, ast.Mod: lambda a, b: a - b * int(a / b) if b else None,
+           ast.LShift: lambda a, b: a << b, ast.RShift: lambda a, b: a >> b}
+
+    def value(node):
+        if isinstance(node, ast.Expression):
+            return value(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = value(node.operand)
+            return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            a, b = value(node.left), value(node.right)
+            return None if a is None or b is None else ops[type(node.op)](a, b)
+        return None
+
+    return value(tree)
+
+
+_TYPEDEF = re.compile(r"\btypedef\s+([^;{}()]+?)\s+([A-Za-z_]\w*)\s*;")
+_USING = re.compile(r"\busing\s+([A-Za-z_]\w*)\s*=\s*([^;{}()]+?)\s*;")
+
+
+def type_aliases(text: str) -> dict[str, str]:
+    """`typedef float floatX;` and `using real = float;` of a source (macros expanded, aliases of
+    aliases resolved): alias -> the type it names, as the compiler reads it."""
+    macros = defines(text)
+    aliases = {}
+    for m in _TYPEDEF.finditer(text):
+        aliases[m.group(2)] = m.group(1)
+    for m in _USING.finditer(text):
+        aliases[m.group(1)] = m.group(2)
+
+    def resolve(t, depth=0):
+        words = re.findall(r"[A-Za-z_]\w*|\*", t)
+        out = []
+        for w in words:
+            if w in macros and depth < 8 and re.fullmatch(r"[A-Za-z_][\w\s*]*", macros[w]):
+                out.append(resolve(macros[w], depth + 1))
+            elif w in aliases and depth < 8 and aliases[w] != w:
+                out.append(resolve(aliases[w], depth + 1))
+            else:
+                out.append(w)
+        return " ".join(out)
+
+    return {name: resolve(target) for name, target in aliases.items() if "[" not in target}
 
 
 def kernel_signature(src: str, expression: str, path: str = "<source>") -> Kernel:
@@ -311,10 +434,12 @@ def kernel_signature(src: str, expression: str, path: str = "<source>") -> Kerne
                            f"'{name}<{', '.join('float' for _ in k['template_params'])}>' and list it in name_expressions")
         args = [a.strip() for a in split_top_level(rest.rstrip().rstrip(">"))]
         subs = dict(zip(k["template_params"], args))
-    params = [parse_param(p, i, subs) for i, p in enumerate(split_top_level(k["params"])) if p.strip() not in ("", "void")]
+    aliases = {name: target for name, target in type_aliases(strip_comments(src)).items() if name not in _TYPEDEFS}
+    params = [parse_param(p, i, {**aliases, **subs}) for i, p in enumerate(split_top_level(k["params"]))
+              if p.strip() not in ("", "void")]
     bounds = k["max_threads"]
     if isinstance(bounds, str):
-        bounds = int(subs[bounds]) if bounds in subs and subs[bounds].isdigit() else None
+        bounds = constant_int(bounds, {**defines(strip_comments(src)), **subs})
     return Kernel(name=expression.strip(), params=params, max_threads=bounds, line=k["line"],
                   template_params=k["template_params"])
 

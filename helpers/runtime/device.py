@@ -237,6 +237,8 @@ class Module:
         self.name_expressions = tuple(name_expressions)
         self.backend = backend or name
         self.source = path.read_text()
+        # what the signature parser reads: the file with its local headers (their typedefs, macros)
+        self.expanded_source = cuda_source.inline_local_includes(path)
         self._functions: dict[str, Function] = {}
         if self.backend == "cupy":
             import cupy
@@ -279,7 +281,7 @@ class Module:
 
     def get_function(self, kernel_name: str) -> Function:
         if kernel_name not in self._functions:
-            kernel = cuda_source.kernel_signature(self.source, kernel_name, str(self.path))
+            kernel = cuda_source.kernel_signature(self.expanded_source, kernel_name, str(self.path))
             if kernel.template_params and kernel_name not in self.name_expressions:
                 raise KeyError(f"{kernel_name!r} is a template instantiation: pass it in "
                                f"load_module(..., name_expressions=[{kernel_name!r}])")
@@ -297,8 +299,11 @@ def load_module(path_or_name, options=(), name_expressions=(), backend: str | No
     """Compile (or take from the cache) the kernels of a `.cu` file.
 
     A bare file name resolves inside `cuda/`. Modules are cached by the content of the file and the
-    files it includes, and by the options: editing a `.cu` recompiles it on the next call."""
+    files it includes, and by the options: editing a `.cu` recompiles it on the next call. Template
+    kernels are compiled for `name_expressions` ("softmax<float, 128>"), by default the ones the
+    file lists in a `// name_expressions: ...` line."""
     path = cuda_source.resolve(path_or_name)
+    name_expressions = tuple(name_expressions) or tuple(cuda_source.declared_name_expressions(path))
     backend = backend or name
     if backend not in ("cpu", "cupy"):
         raise ValueError(f"backend must be 'cpu' or 'cupy', got {backend!r}")

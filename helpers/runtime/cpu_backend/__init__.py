@@ -234,8 +234,15 @@ def module_source(path: Path, name_expressions=()) -> tuple[str, list[str]]:
     kernels = cuda_source.parse_kernels(src)
     entries = [n for n, k in kernels.items() if not k["template_params"]] + list(name_expressions)
     if not entries:
+        templates = [n for n, k in kernels.items() if k["template_params"]]
+        if templates:
+            example = ", ".join(f"'{n}<{', '.join('float' for _ in kernels[n]['template_params'])}>'" for n in templates)
+            raise CompileError(f"{path.name} has only template kernels ({', '.join(templates)}): say which "
+                               f"instantiations to compile, e.g. load_module(..., name_expressions=[{example}]), "
+                               f"or list them in a `// name_expressions: ...` line of the file")
         raise CompileError(f"{path} declares no __global__ kernel")
-    body = f'#line 1 "{path}"\n' + rewrite_shared(src)
+    # (local headers inlined, so that their __shared__ declarations are rewritten too)
+    body = f'#line 1 "{path}"\n' + rewrite_shared(cuda_source.inline_local_includes(path))
     return body + _generated_tail(entries, cuda_source.device_variables(src)), entries
 
 
