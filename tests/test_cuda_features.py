@@ -15,7 +15,7 @@ def load(name):
     return device.load_module(KERNELS / name, backend="cpu")
 
 
-FEATURE_FILES = ["cooperative_groups.cu", "half_precision.cu", "headers_and_signatures.cu"]
+FEATURE_FILES = ["cooperative_groups.cu", "half_precision.cu", "headers_and_signatures.cu", "intrinsics.cu"]
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -286,3 +286,189 @@ def test_a_file_of_template_kernels_without_instantiations_says_what_to_pass(tmp
                                                   r"compile, e\.g\. load_module\(\.\.\., name_expressions="
                                                   r"\['fill<float, float>'\]\)"):
         device.load_module(path, backend="cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# What only a GPU runs: a clear error, never a cryptic one
+# ------------------------------------------------------------------------------------------------
+GPU_ONLY = {
+    "inline_ptx.cu": ('extern "C" __global__ void lane_ids(int* out) {\n    int lane;\n'
+                      '    asm volatile("mov.u32 %0, %%laneid;" : "=r"(lane));\n    out[threadIdx.x] = lane;\n}\n',
+                      r"inline PTX \(`asm\(\.\.\.\)`\) \(line 3\) runs only on a GPU"),
+    "nested_launch.cu": ('extern "C" __global__ void child(float* x) { x[threadIdx.x] = 1.0f; }\n'
+                         'extern "C" __global__ void parent(float* x) { child<<<1, 32>>>(x); }\n',
+                         r"a kernel launch inside a kernel \(dynamic parallelism\) \(line 2\) runs only on a GPU"),
+    "textures.cu": ('extern "C" __global__ void fetch(cudaTextureObject_t t, float* out) {\n'
+                    '    out[threadIdx.x] = tex1Dfetch<float>(t, threadIdx.x);\n}\n',
+                    r"textures and surfaces \(line 1\) runs only on a GPU: read the array through a plain pointer"),
+    "async_copy.cu": ('#include <cuda/barrier>\nextern "C" __global__ void copy(const float* x, float* y) {\n'
+                      '    __shared__ float tile[32];\n'
+                      '    tile[threadIdx.x] = x[threadIdx.x];\n    __syncthreads();\n'
+                      '    y[threadIdx.x] = tile[31 - threadIdx.x];\n}\n',
+                      r"asynchronous copies \(cp\.async: cuda::memcpy_async, cuda::barrier, cuda::pipeline\) \(line 1\)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GPU_ONLY))
+def test_gpu_only_features_are_refused_by_name(tmp_path, name):
+    source, message = GPU_ONLY[name]
+    path = tmp_path / name
+    path.write_text(source)
+    with pytest.raises(device.CompileError, match=message):
+        device.load_module(path, backend="cpu")
+    if name in ("inline_ptx.cu", "async_copy.cu"):   # valid CUDA: NVRTC compiles them
+        for arch in ("sm_80", "sm_90"):
+            nvrtc_report.compile_file(path, arch)
+
+
+def test_a_header_the_cpu_backend_lacks_is_named_with_what_it_has(tmp_path):
+    path = tmp_path / "thrust_user.cu"
+    path.write_text('#include <cub/cub.cuh>\nextern "C" __global__ void k(float* x) { x[0] = 1.0f; }\n')
+    with pytest.raises(device.CompileError, match=r"includes cub/cub\.cuh, which the CPU backend does not provide\. "
+                                                  r"Of CUDA's headers it has <cooperative_groups\.h>"):
+        device.load_module(path, backend="cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# Intrinsics: integer, float, memory, warp, atomic, vector, timing
+# ------------------------------------------------------------------------------------------------
+def u32(v):
+    return int(v) & 0xFFFFFFFF
+
+
+def s32(v):
+    v = u32(v)
+    return v - (1 << 32) if v >> 31 else v
+
+
+def test_integer_intrinsics():
+    n = 1001
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    b = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    a[:4], b[:4] = [0, 0xFFFFFFFF, 0x00800000, 1], [0, 0xFFFFFFFF, 0x00FFFFFF, 0]
+    out = np.zeros((14, n), np.uint32)
+    load("intrinsics.cu").get_function("integer_ops")((ceil(n, 128),), (128,), (a, b, out, n))
+    for i in range(n):
+        x, y = int(a[i]), int(b[i])
+        sx24, sy24 = s32(x << 8) >> 8, s32(y << 8) >> 8         # the low 24 bits, sign-extended
+        xy = (x << 32) | y
+        bytes_ = [(x >> 8 * k) & 0xFF for k in range(4)] + [(y >> 8 * k) & 0xFF for k in range(4)]
+        s = y % 37
+        funnel = (y << 32) | x                                  # hi:lo = b:a, shifted by s & 31 (it wraps)
+        shift_l = s & 31
+        want = [u32(sx24 * sy24), u32((x & 0xFFFFFF) * (y & 0xFFFFFF)), (x * y) >> 32, int(f"{x:032b}"[::-1], 2),
+                sum(bytes_[(0x5140 >> 4 * k) & 7] << 8 * k for k in range(4)),
+                u32((funnel << shift_l) >> 32), u32(funnel >> shift_l),
+                abs(s32(x) - s32(y)) + 7 & 0xFFFFFFFF,
+                64 - (xy >> (y % 64)).bit_length(),
+                (lambda v: (v & -v).bit_length())((xy << (x % 64)) & (2**64 - 1)),
+                min(u32(s32(x)), y), max(u32(s32(x)), y), bin(xy).count("1"), 32 - x.bit_length()]
+        got = [int(out[k, i]) for k in range(14)]
+        assert got == want, f"a={x:#x} b={y:#x}: " + ", ".join(f"#{k} got {g:#x} want {w:#x}" for k, (g, w) in
+                                                             enumerate(zip(got, want)) if g != w)
+
+
+def test_float_intrinsics_round_as_defined():
+    from fractions import Fraction
+    n = 1001
+    rng = np.random.default_rng(8)
+    a = (rng.standard_normal(n) * 3).astype(np.float32)
+    b = (rng.standard_normal(n) * 3).astype(np.float32)
+    b[b == 0] = 1.0
+    out = np.zeros((9, n), np.float32)
+    ints = np.zeros(2 * n, np.int32)
+    load("intrinsics.cu").get_function("float_ops")((ceil(n, 128),), (128,), (a, b, out, ints, n))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+
+    def correctly_rounded(value, exact):
+        """value (float32) is the float32 nearest the exact rational `exact`."""
+        v = np.float32(value)
+        up, down = np.nextafter(v, np.float32(np.inf)), np.nextafter(v, np.float32(-np.inf))
+        return abs(Fraction(float(v)) - exact) <= min(abs(Fraction(float(up)) - exact), abs(Fraction(float(down)) - exact))
+
+    for i in range(n):   # division and subtraction: the exact rational result, rounded once
+        assert correctly_rounded(out[0, i], Fraction(float(a[i])) / Fraction(float(b[i]))), (a[i], b[i], out[0, i])
+        assert correctly_rounded(out[1, i], Fraction(float(a[i])) - Fraction(float(b[i])))
+        r, x = Fraction(float(out[2, i])), Fraction(abs(float(b[i])))   # 1/sqrt(x): r within half an ulp
+        half_ulp = (Fraction(float(np.nextafter(out[2, i], np.float32(np.inf)))) - r) / 2
+        assert (r - half_ulp) ** 2 * x <= 1 <= (r + half_ulp) ** 2 * x, (b[i], out[2, i])
+    assert np.array_equal(ints[0::2], np.floor((a * np.float32(7.5)).astype(np.float64)).astype(np.int32))
+    assert np.array_equal(ints[1::2], np.ceil((a * np.float32(7.5)).astype(np.float64)).astype(np.int32))
+    # math functions: CUDA bounds their error in ulps (sincospif 1, normcdff 5, erfinvf 2, rcbrtf 1, norm3df 3)
+    from math import erfc
+    erfinv = np.vectorize(lambda y: _erfinv(y))
+    refs = [np.sin(np.pi * a64), np.cos(np.pi * a64), 0.5 * np.vectorize(erfc)(-a64 / np.sqrt(2)),
+            erfinv(a64 / 10), 1 / np.cbrt(b64), np.sqrt(a64**2 + b64**2 + 2.25)]
+    for k, (ref, ulps) in enumerate(zip(refs, (1, 1, 5, 2, 1, 3)), start=3):
+        spacing = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+        err = np.abs(out[k].astype(np.float64) - ref)
+        # (sinpi and cospi near their zeros: an absolute ulp of the arguments' scale)
+        allowed = (ulps + 0.5) * np.maximum(spacing, np.float64(2**-24) if k in (3, 4) else 0)
+        assert (err <= allowed).all(), f"function {k}: worst {np.max(err / np.maximum(spacing, 1e-45)):.1f} ulps"
+
+
+def _erfinv(y):
+    """erf^-1 by Newton's method in float64 (a reference for erfinvf)."""
+    from math import erf, exp, pi, sqrt
+    x = 0.0
+    for _ in range(60):
+        x -= (erf(x) - y) / (2 / sqrt(pi) * exp(-x * x))
+    return x
+
+
+def test_memory_intrinsics_fences_and_clocks():
+    n = 1001
+    x = np.random.default_rng(9).standard_normal(n).astype(np.float32)
+    y, info = np.zeros(n, np.float32), np.zeros(3, np.uint64)
+    load("intrinsics.cu").get_function("memory_ops")((ceil(n, 64),), (64,), (x, y, info, n))
+    assert np.array_equal(y, (((x + x) + x) + x) + x)   # five loads of the same value, added in order
+    assert info.tolist() == [4, 1, 1]   # consecutive shared floats 4 bytes apart; clock64 does not go back
+
+
+def test_warp_match_and_reduce():
+    threads = 96
+    x = np.random.default_rng(10).integers(0, 3_000_000, threads).astype(np.uint32)
+    x[64:] = 1_500_000 + np.arange(32, dtype=np.uint32)   # the third warp: one value of v / 1e6
+    out = np.zeros((threads, 8), np.uint32)
+    load("intrinsics.cu").get_function("warp_ops")((1,), (threads,), (x, out))
+    for w in range(3):
+        v = x[32 * w:32 * (w + 1)].astype(np.int64)
+        for lane in range(32):
+            row = out[32 * w + lane]
+            assert row[0] == sum(1 << k for k in range(32) if v[k] % 5 == v[lane] % 5)
+            uniform = len(set((v // 1_000_000).tolist())) == 1
+            assert (row[1], row[2]) == ((0xFFFFFFFF, 1) if uniform else (0, 0))
+            assert row[3] == (v % 1000).sum() and row[4] == v.min() and row[5] == v.max()
+            assert row[6] == np.bitwise_and.reduce(v) ^ np.bitwise_or.reduce(v)
+            assert row[7] == u32(int(np.bitwise_xor.reduce(v)) + int(v.min()) - 50)
+
+
+def test_atomics_of_every_family():
+    n = 1003
+    x = np.random.default_rng(11).integers(1, 2**31, n).astype(np.uint32)
+    counters = np.array([0, 0, 0xFFFFFFFF, 0, 0], np.uint32)
+    wide = np.array([2**64 - 1, 0], np.uint64)
+    scoped = np.zeros(2, np.int32)
+    load("intrinsics.cu").get_function("atomic_ops")((ceil(n, 128),), (128,), (x, counters, wide, scoped, n))
+    inc, dec = 0, 0
+    for _ in range(n):   # CUDA's definitions: inc wraps past val to 0, dec wraps 0 (or above val) to val
+        inc = 0 if inc >= 9 else inc + 1
+        dec = 9 if dec == 0 or dec > 9 else dec - 1
+    bits = sum(1 << b for b in set((x % 32).tolist()))
+    assert counters.tolist() == [inc, dec, 0xFFFFFFFF & ~bits, bits, int(np.bitwise_xor.reduce(x))]
+    assert wide.tolist() == [int(x.min()) * 3_000_000_000, int(x.max()) * 3_000_000_000]
+    assert scoped.tolist() == [n, 2 * n]
+
+
+def test_vector_types_of_every_component():
+    n = 1001
+    rng = np.random.default_rng(12)
+    pixels = rng.integers(0, 256, 4 * n).astype(np.uint8)
+    pairs = rng.integers(-30000, 30000, 2 * n).astype(np.int16)
+    out = np.zeros(2 * n, np.int64)
+    load("intrinsics.cu").get_function("vectors")((ceil(n, 128),), (128,), (pixels, pairs, out, n))
+    assert np.array_equal(out[0::2], pixels.reshape(n, 4).astype(np.int64).sum(axis=1))
+    assert np.array_equal(out[1::2], pairs[0::2].astype(np.int64) * pairs[1::2])
+    with pytest.raises(device.LaunchError, match=r"reads it as uchar4, so its size must be a multiple of 4"):
+        load("intrinsics.cu").get_function("vectors")((1,), (32,), (pixels[:-1], pairs, out, 8))

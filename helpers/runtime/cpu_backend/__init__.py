@@ -270,7 +270,41 @@ def _runtime_text() -> str:
 _UNDEFINED = re.compile(r"undefined reference to [`']([^'`]+)'|Undefined symbols? .*?\"([^\"]+)\"")
 
 
+# CUDA that only a GPU can run: found in the source before g++ sees it, so the error says what it is.
+_GPU_ONLY = [
+    (re.compile(r"\b(?:asm|__asm__)\s*(?:volatile\s*|__volatile__\s*)?\("),
+     "inline PTX (`asm(...)`)", "the CPU backend cannot run GPU assembly: write the operation in C++ (most PTX "
+     "idioms have an intrinsic: __shfl_sync, __ffs, __brev, __funnelshift_l, __ldcg ...)"),
+    (re.compile(r"<<<"), "a kernel launch inside a kernel (dynamic parallelism)",
+     "launch the second kernel from Python after the first one instead"),
+    (re.compile(r"\b(?:tex[123]D\w*|texture\s*<|cudaTextureObject_t|surf[123]D\w*|cudaSurfaceObject_t)\b"),
+     "textures and surfaces", "read the array through a plain pointer (`const float* __restrict__` gets the same "
+     "read-only cache on a GPU)"),
+    (re.compile(r"\bcuda::(?:barrier|pipeline|memcpy_async)\b|\b__pipeline_\w+|cooperative_groups/memcpy_async|"
+                r"\bcg::memcpy_async|#\s*include\s*<cuda/(?:barrier|pipeline)>"),
+     "asynchronous copies (cp.async: cuda::memcpy_async, cuda::barrier, cuda::pipeline)",
+     "copy to shared memory with plain loads and __syncthreads(), which is what they do, synchronously"),
+]
+PROVIDED_HEADERS = ("cooperative_groups.h", "cooperative_groups/reduce.h", "cooperative_groups/scan.h",
+                    "cuda_fp16.h", "cuda_bf16.h")
+
+
+def gpu_only_features(text: str) -> list[str]:
+    """What in a (comment-stripped) source only a GPU can run: one message per feature, with its line."""
+    found = []
+    for pattern, what, instead in _GPU_ONLY:
+        m = pattern.search(text)
+        if m:
+            line = text.count("\n", 0, m.start()) + 1
+            found.append(f"{what} (line {line}) runs only on a GPU: {instead}")
+    return found
+
+
 def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModule:
+    gpu_only = gpu_only_features(cuda_source.inline_local_includes(path))
+    if gpu_only:
+        raise CompileError(f"{path.name} uses CUDA the CPU backend does not run (it compiles for a GPU with CuPy):\n"
+                           + "\n".join(f"- {m}" for m in gpu_only))
     body, entries = module_source(path, name_expressions)
     cxx = find_compiler()
     flags = module_flags(path, options, cxx)
@@ -303,6 +337,13 @@ def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModul
 
 
 def _compile_failure(path: Path, log: str) -> str:
+    missing = re.search(r"fatal error: ([^\s:]+): No such file or directory", log)
+    if missing and missing.group(1) not in PROVIDED_HEADERS:
+        name = missing.group(1)
+        return (f"{path.name} includes {name}, which the CPU backend does not provide. Of CUDA's headers it has "
+                f"{', '.join(f'<{h}>' for h in PROVIDED_HEADERS)}; the others are for the host (cuda_runtime.h: "
+                f"kernels need nothing from it) or the GPU only. A header of your own must be next to the .cu file "
+                f"or in cuda/.\n{_tidy(log)}")
     undefined = sorted({a or b for a, b in _UNDEFINED.findall(log)})
     compile_errors = [l for l in log.splitlines() if ": error:" in l and "collect2" not in l and "ld:" not in l]
     if undefined and not compile_errors:

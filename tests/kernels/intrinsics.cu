@@ -1,0 +1,95 @@
+// CUDA's integer, float, memory, warp, atomic, vector and timing intrinsics, as the CUDA Math API and
+// the programming guide define them (tests/test_cuda_features.py checks each against NumPy or exact
+// arithmetic, and compiles this file with NVRTC).
+
+// Integer intrinsics: out[k * n + i] for the k-th operation.
+extern "C" __global__ void integer_ops(const unsigned* a, const unsigned* b, unsigned* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned x = a[i], y = b[i];
+    unsigned long long xy = ((unsigned long long)x << 32) | y;
+    unsigned r[14] = {(unsigned)__mul24((int)x, (int)y), __umul24(x, y), __umulhi(x, y), __brev(x),
+                      __byte_perm(x, y, 0x5140), __funnelshift_l(x, y, y % 37), __funnelshift_r(x, y, y % 37),
+                      __sad((int)x, (int)y, 7u), (unsigned)__clzll(xy >> (y % 64)), (unsigned)__ffsll(xy << (x % 64)),
+                      min((int)x, y), max((int)x, y), (unsigned)__popcll(xy), (unsigned)__clz(x)};
+    for (int k = 0; k < 14; k++) out[k * n + i] = r[k];
+}
+
+// Float intrinsics with a rounding mode, and math functions: out[k * n + i].
+extern "C" __global__ void float_ops(const float* a, const float* b, float* out, int* ints, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = a[i], y = b[i];
+    float s, c;
+    sincospif(x, &s, &c);
+    float r[9] = {__fdiv_rn(x, y), __fsub_rn(x, y), __frsqrt_rn(fabsf(y)), s, c, normcdff(x),
+                  erfinvf(x / 10.0f), rcbrtf(y), norm3df(x, y, 1.5f)};
+    for (int k = 0; k < 9; k++) out[k * n + i] = r[k];
+    ints[2 * i] = __float2int_rd(x * 7.5f);
+    ints[2 * i + 1] = __float2int_ru(x * 7.5f);
+}
+
+// Cache-hint loads and stores, a generic-to-shared conversion, fences and clocks.
+extern "C" __global__ void memory_ops(const float* x, float* y, unsigned long long* info, int n) {
+    __shared__ float tile[64];
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    long long t0 = clock64();
+    float v = i < n ? __ldcg(x + i) + __ldca(x + i) + __ldlu(x + i) + __ldcs(x + i) + __ldg(x + i) : 0.0f;
+    tile[threadIdx.x] = v;
+    __threadfence_block();
+    __threadfence();
+    __threadfence_system();
+    __syncthreads();
+    if (i < n) __stcg(y + i, tile[threadIdx.x]);
+    __nanosleep(100);
+    long long t1 = clock64();
+    if (i == 0) {
+        info[0] = (unsigned long long)(__cvta_generic_to_shared(&tile[1]) - __cvta_generic_to_shared(&tile[0]));
+        info[1] = (unsigned long long)(t1 >= t0);
+        info[2] = (unsigned long long)(clock() >= 0 || true);
+    }
+}
+
+// Warp matches and reductions over each warp's values: out[8 * i + k]. (__reduce_*_sync are sm_80's:
+// NVRTC compiles this kernel from sm_80 on.)
+#if __CUDA_ARCH__ >= 800
+extern "C" __global__ void warp_ops(const unsigned* x, unsigned* out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned v = x[i];
+    int pred;
+    out[8 * i + 0] = __match_any_sync(0xffffffffu, v % 5);
+    out[8 * i + 1] = __match_all_sync(0xffffffffu, v / 1000000u, &pred);
+    out[8 * i + 2] = (unsigned)pred;
+    out[8 * i + 3] = __reduce_add_sync(0xffffffffu, v % 1000u);
+    out[8 * i + 4] = __reduce_min_sync(0xffffffffu, v);
+    out[8 * i + 5] = __reduce_max_sync(0xffffffffu, v);
+    out[8 * i + 6] = __reduce_and_sync(0xffffffffu, v) ^ __reduce_or_sync(0xffffffffu, v);
+    out[8 * i + 7] = __reduce_xor_sync(0xffffffffu, v) + (unsigned)__reduce_min_sync(0xffffffffu, (int)v - 50);
+}
+#endif
+
+// Atomics of every family: counters[0..2] wrap with atomicInc/Dec, bit operations, 64-bit min/max,
+// block- and system-scoped adds.
+extern "C" __global__ void atomic_ops(const unsigned* x, unsigned* counters, unsigned long long* wide,
+                                      int* scoped, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    atomicInc(counters + 0, 9u);        // counts 0..9, then wraps to 0
+    atomicDec(counters + 1, 9u);        // counts down from 9 (0 wraps to 9)
+    atomicAnd(counters + 2, ~(1u << (x[i] % 32)));
+    atomicOr(counters + 3, 1u << (x[i] % 32));
+    atomicXor(counters + 4, x[i]);
+    atomicMin(wide + 0, (unsigned long long)x[i] * 3000000000ull);
+    atomicMax(wide + 1, (unsigned long long)x[i] * 3000000000ull);
+    atomicAdd_block(scoped + 0, 1);
+    atomicAdd_system(scoped + 1, 2);
+}
+
+// Vector types of other components: uchar4, short2, longlong2 with their make_* functions.
+extern "C" __global__ void vectors(const uchar4* pixels, const short2* pairs, longlong2* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uchar4 p = pixels[i];
+    short2 q = pairs[i];
+    out[i] = make_longlong2((long long)p.x + p.y + p.z + p.w, (long long)q.x * q.y);
+}
