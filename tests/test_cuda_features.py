@@ -472,3 +472,17 @@ def test_vector_types_of_every_component():
     assert np.array_equal(out[1::2], pairs[0::2].astype(np.int64) * pairs[1::2])
     with pytest.raises(device.LaunchError, match=r"reads it as uchar4, so its size must be a multiple of 4"):
         load("intrinsics.cu").get_function("vectors")((1,), (32,), (pixels[:-1], pairs, out, 8))
+
+
+def test_more_atomic_families_and_barrier_reductions():
+    n, threads = 1003, 128
+    blocks = ceil(n, threads)
+    i = np.array([0, 0, -1, 2**31 - 1, -1, 0], np.int32)
+    ull = np.array([0, 2**64 - 1, 0], np.uint64)
+    ll = np.array([2**63 - 1, -(2**63)], np.int64)
+    f, d, counts = np.zeros(2, np.float32), np.zeros(2, np.float64), np.zeros(blocks, np.int32)
+    load("intrinsics.cu").get_function("more_atomics")((blocks,), (threads,), (i, ull, ll, f, d, counts, n))
+    assert i[:2].tolist() == [n, -n] and 0 <= i[2] < n and i[3:].tolist() == [0, n - 1, 2 * n]
+    assert ull.tolist() == [n << 33, 0, 2**64 - 1] and ll.tolist() == [-(n - 1) * 5_000_000_000, 0]
+    assert f.tolist() == [n / 2, n / 4] and d.tolist() == [n / 2, n / 8]   # sums of powers of two: exact
+    assert counts.tolist() == [ceil(threads, 3) * 100 + 11] * blocks

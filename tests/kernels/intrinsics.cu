@@ -93,3 +93,30 @@ extern "C" __global__ void vectors(const uchar4* pixels, const short2* pairs, lo
     short2 q = pairs[i];
     out[i] = make_longlong2((long long)p.x + p.y + p.z + p.w, (long long)q.x * q.y);
 }
+
+// The rest of the atomic families, on 32- and 64-bit integers, float and double, and the barrier
+// reductions: results in i[], ull[], ll[], f[], d[].
+extern "C" __global__ void more_atomics(int* i, unsigned long long* ull, long long* ll, float* f, double* d,
+                                        int* counts, int n) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    int third = __syncthreads_count(threadIdx.x % 3 == 0);   // every thread of the block: before the return
+    int all_ = __syncthreads_and(threadIdx.x < 100000), any_ = __syncthreads_or(threadIdx.x == 5);
+    if (threadIdx.x == 0) counts[blockIdx.x] = third * 100 + all_ * 10 + any_;
+    if (t >= n) return;
+    atomicAdd(i + 0, 1);
+    atomicSub(i + 1, 1);
+    atomicExch(i + 2, t);
+    atomicMin(i + 3, t);
+    atomicMax(i + 4, t);
+    int old = i[5], seen;
+    while ((seen = atomicCAS(i + 5, old, old + 2)) != old) old = seen;   // a CAS loop adds 2
+    atomicAdd(ull + 0, 1ull << 33);
+    atomicMin(ll + 0, -(long long)t * 5000000000ll);
+    atomicMax(ll + 1, -(long long)t * 5000000000ll);
+    atomicAnd(ull + 1, ~(1ull << (t % 64)));
+    atomicOr(ull + 2, 1ull << (t % 64));
+    atomicAdd(f + 0, 0.5f);
+    atomicAdd_block(f + 1, 0.25f);
+    atomicAdd(d + 0, 0.5);
+    atomicAdd_system(d + 1, 0.125);
+}
