@@ -486,3 +486,35 @@ def test_more_atomic_families_and_barrier_reductions():
     assert ull.tolist() == [n << 33, 0, 2**64 - 1] and ll.tolist() == [-(n - 1) * 5_000_000_000, 0]
     assert f.tolist() == [n / 2, n / 4] and d.tolist() == [n / 2, n / 8]   # sums of powers of two: exact
     assert counts.tolist() == [ceil(threads, 3) * 100 + 11] * blocks
+
+
+def test_16_bit_math_within_one_unit_of_the_last_place():
+    n = 501
+    rng = np.random.default_rng(13)
+    h = rng.uniform(-4, 4, 2 * n).astype(np.float16)
+    b = rng.uniform(-4, 4, n).astype(ml_dtypes.bfloat16)
+    h[h == 0], b[b == 0] = 1, 1
+    hout, bout = np.zeros(12 * n, np.float16), np.zeros(6 * n, ml_dtypes.bfloat16)
+    load("half_precision.cu").get_function("half_math")((ceil(n, 64),), (64,), (h, b, hout, bout, n))
+    functions = [np.exp, lambda v: np.log(np.abs(v)), lambda v: np.sqrt(np.abs(v)),
+                 lambda v: 1 / np.sqrt(np.abs(v)), np.sin, np.cos]
+    for name, x, got, dtype, per in (("half2", h.reshape(n, 2), hout.reshape(n, 6, 2), np.float16, 2),
+                                     ("bfloat16", b.reshape(n, 1), bout.reshape(n, 6, 1), ml_dtypes.bfloat16, 1)):
+        for k, f in enumerate(functions):
+            ref = f(x.astype(np.float64))
+            nearest = round_to(dtype, ref, "rn").astype(np.float64)
+            ulp = np.abs(round_to(dtype, np.nextafter(np.abs(nearest), np.inf), "ru") - np.abs(nearest))
+            err = np.abs(got[:, k].astype(np.float64) - ref)
+            assert (err <= np.maximum(ulp, 2.0**-24)).all(), f"{name} function {k}: {err.max()} > an ulp"
+
+
+def test_grid_wide_sync_needs_a_cooperative_launch(tmp_path):
+    path = tmp_path / "grid_sync.cu"
+    path.write_text('#include <cooperative_groups.h>\nnamespace cg = cooperative_groups;\n'
+                    'extern "C" __global__ void two_phases(float* x) {\n'
+                    '    x[blockIdx.x * blockDim.x + threadIdx.x] += 1.0f;\n    cg::this_grid().sync();\n}\n')
+    fn = device.load_module(path, backend="cpu").get_function("two_phases")
+    with pytest.raises(device.KernelError, match=r"this_grid\(\)\.sync\(\) needs a cooperative launch .* split the "
+                                                 r"kernel in two launches"):
+        fn((2,), (32,), (np.zeros(64, np.float32),))
+    assert cuda_source.kernels_needing_fibers(path) == {"two_phases"}

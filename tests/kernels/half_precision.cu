@@ -71,3 +71,27 @@ extern "C" __global__ void add_bias_unchecked(float* out, const float* x, const 
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = x[i] + bias[i];
 }
+
+// The math functions on 16-bit floats (CUDA documents them as approximate): out[6 * i + k]. (bfloat16
+// math is sm_80's.)
+#if __CUDA_ARCH__ >= 800
+extern "C" __global__ void half_math(const __half2* h, const __nv_bfloat16* b, __half2* hout, __nv_bfloat16* bout,
+                                     int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    __half2 x = h[i];
+    hout[6 * i + 0] = h2exp(x);
+    hout[6 * i + 1] = h2log(__habs2(x));
+    hout[6 * i + 2] = h2sqrt(__habs2(x));
+    hout[6 * i + 3] = h2rsqrt(__habs2(x));
+    hout[6 * i + 4] = h2sin(x);
+    hout[6 * i + 5] = h2cos(x);
+    __nv_bfloat16 y = b[i];
+    bout[6 * i + 0] = hexp(y);
+    bout[6 * i + 1] = hlog(__habs(y));
+    bout[6 * i + 2] = hsqrt(__habs(y));
+    bout[6 * i + 3] = hrsqrt(__habs(y));
+    bout[6 * i + 4] = hsin(y);
+    bout[6 * i + 5] = hcos(y);
+}
+#endif
