@@ -518,3 +518,87 @@ def test_grid_wide_sync_needs_a_cooperative_launch(tmp_path):
                                                  r"kernel in two launches"):
         fn((2,), (32,), (np.zeros(64, np.float32),))
     assert cuda_source.kernels_needing_fibers(path) == {"two_phases"}
+
+
+def _parts(x, bits, signed):
+    """The 32 // bits parts of each uint32 in x, low part first, as int64."""
+    parts = np.stack([(x.astype(np.int64) >> (bits * k)) & ((1 << bits) - 1) for k in range(32 // bits)])
+    return np.where(signed & (parts >> (bits - 1) == 1), parts - (1 << bits), parts)
+
+
+def _pack(parts, bits):
+    mask = (1 << bits) - 1
+    return sum((parts[k] & mask) << (bits * k) for k in range(len(parts))).astype(np.uint32)
+
+
+def _simd_reference(name, x, y, bits):
+    """What the CUDA Math API defines for the SIMD intrinsic `name` on parts of `bits` bits."""
+    sa, sb, ua, ub = _parts(x, bits, True), _parts(y, bits, True), _parts(x, bits, False), _parts(y, bits, False)
+    lo, hi, top = -(1 << (bits - 1)), (1 << (bits - 1)) - 1, (1 << bits) - 1
+    S, U = (lambda v: np.clip(v, lo, hi)), (lambda v: np.clip(v, 0, top))  # noqa: E731
+    ones = lambda c: np.where(c, top, 0)  # noqa: E731
+    table = {"__vabs": np.abs(sa), "__vabsss": S(np.abs(sa)), "__vneg": -sa, "__vnegss": S(-sa),
+             "__vabsdiffs": np.abs(sa - sb), "__vabsdiffu": np.abs(ua - ub), "__vadd": ua + ub, "__vsub": ua - ub,
+             "__vaddss": S(sa + sb), "__vsubss": S(sa - sb), "__vaddus": U(ua + ub), "__vsubus": U(ua - ub),
+             "__vavgs": (sa + sb + 1) >> 1, "__vavgu": (ua + ub + 1) >> 1, "__vhaddu": (ua + ub) >> 1,
+             "__vmaxs": np.maximum(sa, sb), "__vmaxu": np.maximum(ua, ub), "__vmins": np.minimum(sa, sb),
+             "__vminu": np.minimum(ua, ub)}
+    for cmp, (s_op, u_op) in {"eq": (np.equal, np.equal), "ne": (np.not_equal, np.not_equal),
+                              "ge": (np.greater_equal,) * 2, "gt": (np.greater,) * 2,
+                              "le": (np.less_equal,) * 2, "lt": (np.less,) * 2}.items():
+        for suffix, args in (("s", (sa, sb)), ("u", (ua, ub))) if cmp not in ("eq", "ne") else (("", (ua, ub)),):
+            table[f"__vcmp{cmp}{suffix}"] = ones(s_op(*args))
+            table[f"__vset{cmp}{suffix}"] = s_op(*args).astype(np.int64)
+    if name in ("__vsads", "__vsadu"):
+        d = np.abs(sa - sb) if name == "__vsads" else np.abs(ua - ub)
+        return d.sum(axis=0).astype(np.uint32)
+    return _pack(table[name], bits)
+
+
+SIMD = ["__vabs", "__vabsss", "__vneg", "__vnegss", "__vabsdiffs", "__vabsdiffu", "__vadd", "__vsub", "__vaddss",
+        "__vsubss", "__vaddus", "__vsubus", "__vavgs", "__vavgu", "__vhaddu", "__vmaxs", "__vmaxu", "__vmins",
+        "__vminu", "__vcmpeq", "__vcmpne", "__vcmpges", "__vcmpgeu", "__vcmpgts", "__vcmpgtu", "__vcmples",
+        "__vcmpleu", "__vcmplts", "__vcmpltu", "__vseteq", "__vsetne", "__vsetges", "__vsetgeu", "__vsetgts",
+        "__vsetgtu", "__vsetles", "__vsetleu", "__vsetlts", "__vsetltu", "__vsads", "__vsadu"]
+
+
+def test_simd_in_a_word_and_packed_dot_products():
+    n = 1001
+    rng = np.random.default_rng(14)
+    x = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    y = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)
+    x[:6] = [0x80008000, 0x7F7F7F7F, 0, 0xFFFFFFFF, 0x80808080, 0x12345678]   # the parts' extremes
+    y[:6] = [0x80008000, 0x01010101, 0, 0x00010001, 0x7F7F7F7F, 0x12345678]
+    out = np.zeros((2 * len(SIMD) + 6, n), np.uint32)
+    load("intrinsics.cu").get_function("simd_ops")((ceil(n, 128),), (128,), (x, y, out, n))
+    for k, name in enumerate(SIMD):
+        for j, bits in enumerate((16, 8)):
+            want = _simd_reference(name, x, y, bits)
+            got = out[2 * k + j]
+            bad = np.flatnonzero(got != want)
+            assert not bad.size, (f"{name}{2 if bits == 16 else 4}({x[bad[0]]:#010x}, {y[bad[0]]:#010x}) = "
+                                  f"{got[bad[0]]:#010x}, want {want[bad[0]]:#010x}")
+    s8x, s8y, u8x, u8y = _parts(x, 8, True), _parts(y, 8, True), _parts(x, 8, False), _parts(y, 8, False)
+    s16x, u16x = _parts(x, 16, True), _parts(x, 16, False)
+    dots = [(s8x * s8y).sum(axis=0) - 5, (u8x * u8y).sum(axis=0) + 5,
+            (s16x * s8y[:2]).sum(axis=0) + 7, (s16x * s8y[2:]).sum(axis=0) + 7,
+            (u16x * u8y[:2]).sum(axis=0) + 7, (u16x * u8y[2:]).sum(axis=0) + 7]
+    for k, want in enumerate(dots):   # __dp4a (signed, unsigned), __dp2a_lo/_hi (signed, unsigned)
+        assert np.array_equal(out[2 * len(SIMD) + k], (want & 0xFFFFFFFF).astype(np.uint32)), f"dot product {k}"
+
+
+def test_saturated_half_arithmetic_and_bessel_functions():
+    n = 1001
+    x = np.linspace(-12, 12, n).astype(np.float32)
+    out = np.zeros((n, 4), np.float32)
+    load("intrinsics.cu").get_function("saturated_and_bessel")((ceil(n, 128),), (128,), (x, out, n))
+    h = (x / np.float32(4)).astype(np.float16).astype(np.float64)
+    assert np.array_equal(out[:, 0], np.clip(round_to(np.float16, h + 0.25, "rn"), 0, 1).astype(np.float32))
+    assert np.array_equal(out[:, 1], np.clip(round_to(np.float16, h * h, "rn"), 0, 1).astype(np.float32))
+    k = np.arange(60)[:, None]
+    half = np.abs(x.astype(np.float64)) / 2
+    lgamma = np.vectorize(__import__("math").lgamma)
+    i0 = np.exp(2 * k * np.log(np.maximum(half, 1e-300)) - 2 * lgamma(k + 1)).sum(axis=0)
+    i1 = np.sign(x) * np.exp((2 * k + 1) * np.log(np.maximum(half, 1e-300)) - lgamma(k + 1) - lgamma(k + 2)).sum(axis=0)
+    np.testing.assert_allclose(out[:, 2], i0, rtol=6e-7)   # CUDA: within 6 and 7 ulps; here within 5
+    np.testing.assert_allclose(out[:, 3], i1, rtol=6e-7, atol=1e-30)

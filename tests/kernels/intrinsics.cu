@@ -1,6 +1,7 @@
 // CUDA's integer, float, memory, warp, atomic, vector and timing intrinsics, as the CUDA Math API and
 // the programming guide define them (tests/test_cuda_features.py checks each against NumPy or exact
 // arithmetic, and compiles this file with NVRTC).
+#include <cuda_fp16.h>
 
 // Integer intrinsics: out[k * n + i] for the k-th operation.
 extern "C" __global__ void integer_ops(const unsigned* a, const unsigned* b, unsigned* out, int n) {
@@ -119,4 +120,39 @@ extern "C" __global__ void more_atomics(int* i, unsigned long long* ull, long lo
     atomicAdd_block(f + 1, 0.25f);
     atomicAdd(d + 0, 0.5);
     atomicAdd_system(d + 1, 0.125);
+}
+
+// The SIMD-in-a-word intrinsics on halfwords (2) and bytes (4): out[k * n + i] for the k-th, in the
+// order of tests/test_cuda_features.py's SIMD list.
+#define SIMD_BOTH(NAME) NAME##2(x, y), NAME##4(x, y)
+#define SIMD_ONE(NAME) NAME##2(x), NAME##4(x)
+extern "C" __global__ void simd_ops(const unsigned* a, const unsigned* b, unsigned* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned x = a[i], y = b[i];
+    unsigned r[] = {SIMD_ONE(__vabs), SIMD_ONE(__vabsss), SIMD_ONE(__vneg), SIMD_ONE(__vnegss),
+                    SIMD_BOTH(__vabsdiffs), SIMD_BOTH(__vabsdiffu), SIMD_BOTH(__vadd), SIMD_BOTH(__vsub),
+                    SIMD_BOTH(__vaddss), SIMD_BOTH(__vsubss), SIMD_BOTH(__vaddus), SIMD_BOTH(__vsubus),
+                    SIMD_BOTH(__vavgs), SIMD_BOTH(__vavgu), SIMD_BOTH(__vhaddu), SIMD_BOTH(__vmaxs),
+                    SIMD_BOTH(__vmaxu), SIMD_BOTH(__vmins), SIMD_BOTH(__vminu), SIMD_BOTH(__vcmpeq),
+                    SIMD_BOTH(__vcmpne), SIMD_BOTH(__vcmpges), SIMD_BOTH(__vcmpgeu), SIMD_BOTH(__vcmpgts),
+                    SIMD_BOTH(__vcmpgtu), SIMD_BOTH(__vcmples), SIMD_BOTH(__vcmpleu), SIMD_BOTH(__vcmplts),
+                    SIMD_BOTH(__vcmpltu), SIMD_BOTH(__vseteq), SIMD_BOTH(__vsetne), SIMD_BOTH(__vsetges),
+                    SIMD_BOTH(__vsetgeu), SIMD_BOTH(__vsetgts), SIMD_BOTH(__vsetgtu), SIMD_BOTH(__vsetles),
+                    SIMD_BOTH(__vsetleu), SIMD_BOTH(__vsetlts), SIMD_BOTH(__vsetltu), SIMD_BOTH(__vsads),
+                    SIMD_BOTH(__vsadu),
+                    (unsigned)__dp4a((int)x, (int)y, -5), __dp4a(x, y, 5u), (unsigned)__dp2a_lo((int)x, (int)y, 7),
+                    (unsigned)__dp2a_hi((int)x, (int)y, 7), __dp2a_lo(x, y, 7u), __dp2a_hi(x, y, 7u)};
+    for (int k = 0; k < (int)(sizeof(r) / sizeof(r[0])); k++) out[k * n + i] = r[k];
+}
+
+// Saturating half arithmetic and the Bessel functions I0, I1.
+extern "C" __global__ void saturated_and_bessel(const float* x, float* out, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    __half h = __float2half(x[i] / 4.0f);
+    out[4 * i + 0] = __half2float(__hadd_sat(h, __float2half(0.25f)));
+    out[4 * i + 1] = __half2float(__hmul_sat(h, h));
+    out[4 * i + 2] = cyl_bessel_i0f(x[i]);
+    out[4 * i + 3] = cyl_bessel_i1f(x[i]);
 }

@@ -305,3 +305,133 @@ static inline void __nanosleep(unsigned ns) {
 }
 #define __trap() __builtin_trap()
 #define __brkpt() __builtin_trap()
+
+// ---- SIMD in a word (the Math API's SIMD intrinsics): two 16-bit or four 8-bit parts -------------
+// `2` suffix: halfwords, `4`: bytes; `s`/`u`: the parts as signed or unsigned; `ss`/`us`: the result
+// saturated to the signed or unsigned range of a part instead of wrapping around.
+namespace gpt2cpu {
+template <int BITS> static inline long long simd_part(unsigned x, int k, bool is_signed) {
+    long long v = (x >> (k * BITS)) & ((1u << BITS) - 1);
+    return is_signed && (v >> (BITS - 1)) ? v - (1ll << BITS) : v;
+}
+template <int BITS> static inline long long simd_sat(long long v, bool is_signed) {
+    long long lo = is_signed ? -(1ll << (BITS - 1)) : 0, hi = is_signed ? (1ll << (BITS - 1)) - 1 : (1ll << BITS) - 1;
+    return v < lo ? lo : v > hi ? hi : v;
+}
+template <int BITS, class F> static inline unsigned simd_map(F f) {
+    unsigned out = 0;
+    for (int k = 0; k < 32 / BITS; k++) out |= ((unsigned)(long long)f(k) & ((1u << BITS) - 1)) << (k * BITS);
+    return out;
+}
+}  // namespace gpt2cpu
+#define GPT2CPU_SIMD2(NAME, EXPR)                                                                       \
+    static inline unsigned NAME##2(unsigned a, unsigned b) { return GPT2CPU_SIMD_BODY(16, EXPR); }      \
+    static inline unsigned NAME##4(unsigned a, unsigned b) { return GPT2CPU_SIMD_BODY(8, EXPR); }
+#define GPT2CPU_SIMD1(NAME, EXPR)                                                                       \
+    static inline unsigned NAME##2(unsigned a) { const unsigned b = 0; return GPT2CPU_SIMD_BODY(16, EXPR); } \
+    static inline unsigned NAME##4(unsigned a) { const unsigned b = 0; return GPT2CPU_SIMD_BODY(8, EXPR); }
+#define GPT2CPU_SIMD_BODY(BITS, EXPR) ::gpt2cpu::simd_map<BITS>([&](int k) {                            \
+        const long long sa = ::gpt2cpu::simd_part<BITS>(a, k, true), sb = ::gpt2cpu::simd_part<BITS>(b, k, true); \
+        const long long ua = ::gpt2cpu::simd_part<BITS>(a, k, false), ub = ::gpt2cpu::simd_part<BITS>(b, k, false); \
+        const long long ones = (1ll << BITS) - 1;                                                       \
+        auto S = [](long long v) { return ::gpt2cpu::simd_sat<BITS>(v, true); };                        \
+        auto U = [](long long v) { return ::gpt2cpu::simd_sat<BITS>(v, false); };                       \
+        (void)sa; (void)sb; (void)ua; (void)ub; (void)ones; (void)S; (void)U;                           \
+        return (long long)(EXPR); })
+GPT2CPU_SIMD1(__vabs, sa < 0 ? -sa : sa)                 GPT2CPU_SIMD1(__vabsss, S(sa < 0 ? -sa : sa))
+GPT2CPU_SIMD1(__vneg, -sa)                               GPT2CPU_SIMD1(__vnegss, S(-sa))
+GPT2CPU_SIMD2(__vabsdiffs, sa > sb ? sa - sb : sb - sa)  GPT2CPU_SIMD2(__vabsdiffu, ua > ub ? ua - ub : ub - ua)
+GPT2CPU_SIMD2(__vadd, ua + ub)                           GPT2CPU_SIMD2(__vsub, ua - ub)
+GPT2CPU_SIMD2(__vaddss, S(sa + sb))                      GPT2CPU_SIMD2(__vsubss, S(sa - sb))
+GPT2CPU_SIMD2(__vaddus, U(ua + ub))                      GPT2CPU_SIMD2(__vsubus, U(ua - ub))
+GPT2CPU_SIMD2(__vavgs, (sa + sb + 1) >> 1)               GPT2CPU_SIMD2(__vavgu, (ua + ub + 1) >> 1)
+GPT2CPU_SIMD2(__vhaddu, (ua + ub) >> 1)
+GPT2CPU_SIMD2(__vmaxs, sa > sb ? sa : sb)                GPT2CPU_SIMD2(__vmaxu, ua > ub ? ua : ub)
+GPT2CPU_SIMD2(__vmins, sa < sb ? sa : sb)                GPT2CPU_SIMD2(__vminu, ua < ub ? ua : ub)
+GPT2CPU_SIMD2(__vcmpeq, ua == ub ? ones : 0)             GPT2CPU_SIMD2(__vcmpne, ua != ub ? ones : 0)
+GPT2CPU_SIMD2(__vcmpges, sa >= sb ? ones : 0)            GPT2CPU_SIMD2(__vcmpgeu, ua >= ub ? ones : 0)
+GPT2CPU_SIMD2(__vcmpgts, sa > sb ? ones : 0)             GPT2CPU_SIMD2(__vcmpgtu, ua > ub ? ones : 0)
+GPT2CPU_SIMD2(__vcmples, sa <= sb ? ones : 0)            GPT2CPU_SIMD2(__vcmpleu, ua <= ub ? ones : 0)
+GPT2CPU_SIMD2(__vcmplts, sa < sb ? ones : 0)             GPT2CPU_SIMD2(__vcmpltu, ua < ub ? ones : 0)
+GPT2CPU_SIMD2(__vseteq, ua == ub)                        GPT2CPU_SIMD2(__vsetne, ua != ub)
+GPT2CPU_SIMD2(__vsetges, sa >= sb)                       GPT2CPU_SIMD2(__vsetgeu, ua >= ub)
+GPT2CPU_SIMD2(__vsetgts, sa > sb)                        GPT2CPU_SIMD2(__vsetgtu, ua > ub)
+GPT2CPU_SIMD2(__vsetles, sa <= sb)                       GPT2CPU_SIMD2(__vsetleu, ua <= ub)
+GPT2CPU_SIMD2(__vsetlts, sa < sb)                        GPT2CPU_SIMD2(__vsetltu, ua < ub)
+#undef GPT2CPU_SIMD1
+#undef GPT2CPU_SIMD2
+#undef GPT2CPU_SIMD_BODY
+// sums of absolute differences of the parts
+static inline unsigned __vsads2(unsigned a, unsigned b) {
+    long long s = 0;
+    for (int k = 0; k < 2; k++) { long long d = ::gpt2cpu::simd_part<16>(a, k, true) - ::gpt2cpu::simd_part<16>(b, k, true); s += d < 0 ? -d : d; }
+    return (unsigned)s;
+}
+static inline unsigned __vsads4(unsigned a, unsigned b) {
+    long long s = 0;
+    for (int k = 0; k < 4; k++) { long long d = ::gpt2cpu::simd_part<8>(a, k, true) - ::gpt2cpu::simd_part<8>(b, k, true); s += d < 0 ? -d : d; }
+    return (unsigned)s;
+}
+static inline unsigned __vsadu2(unsigned a, unsigned b) {
+    long long s = 0;
+    for (int k = 0; k < 2; k++) { long long d = ::gpt2cpu::simd_part<16>(a, k, false) - ::gpt2cpu::simd_part<16>(b, k, false); s += d < 0 ? -d : d; }
+    return (unsigned)s;
+}
+static inline unsigned __vsadu4(unsigned a, unsigned b) {
+    long long s = 0;
+    for (int k = 0; k < 4; k++) { long long d = ::gpt2cpu::simd_part<8>(a, k, false) - ::gpt2cpu::simd_part<8>(b, k, false); s += d < 0 ? -d : d; }
+    return (unsigned)s;
+}
+
+// ---- dot products of packed integers (int8 inference kernels) ---------------------------------------
+// __dp4a: c + the four products of a's and b's bytes; __dp2a_lo/_hi: c + a's two halfwords times the
+// low or high two bytes of b. Signed for int, unsigned for unsigned.
+static inline int __dp4a(int a, int b, int c) {
+    long long s = c;
+    for (int k = 0; k < 4; k++) s += ::gpt2cpu::simd_part<8>((unsigned)a, k, true) * ::gpt2cpu::simd_part<8>((unsigned)b, k, true);
+    return (int)(unsigned)s;
+}
+static inline unsigned __dp4a(unsigned a, unsigned b, unsigned c) {
+    unsigned long long s = c;
+    for (int k = 0; k < 4; k++) s += (unsigned long long)(::gpt2cpu::simd_part<8>(a, k, false) * ::gpt2cpu::simd_part<8>(b, k, false));
+    return (unsigned)s;
+}
+static inline int __dp4a(char4 a, char4 b, int c) {
+    return c + a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+static inline unsigned __dp4a(uchar4 a, uchar4 b, unsigned c) {
+    return c + (unsigned)a.x * b.x + (unsigned)a.y * b.y + (unsigned)a.z * b.z + (unsigned)a.w * b.w;
+}
+#define GPT2CPU_DP2A(NAME, FIRST)                                                                       \
+    static inline int NAME(int a, int b, int c) {                                                      \
+        long long s = c;                                                                               \
+        for (int k = 0; k < 2; k++) s += ::gpt2cpu::simd_part<16>((unsigned)a, k, true) * ::gpt2cpu::simd_part<8>((unsigned)b, FIRST + k, true); \
+        return (int)(unsigned)s;                                                                       \
+    }                                                                                                  \
+    static inline unsigned NAME(unsigned a, unsigned b, unsigned c) {                                  \
+        unsigned long long s = c;                                                                      \
+        for (int k = 0; k < 2; k++) s += (unsigned long long)(::gpt2cpu::simd_part<16>(a, k, false) * ::gpt2cpu::simd_part<8>(b, FIRST + k, false)); \
+        return (unsigned)s;                                                                            \
+    }
+GPT2CPU_DP2A(__dp2a_lo, 0)
+GPT2CPU_DP2A(__dp2a_hi, 2)
+#undef GPT2CPU_DP2A
+
+// ---- the rest of the math API's special functions; profiling counters --------------------------------
+namespace gpt2cpu {
+// The modified Bessel functions I0 and I1 by their power series, whose terms are all positive (no
+// cancellation): sum over k of (x/2)^(2k + n) / (k! (k + n)!), until a term no longer counts.
+static inline double bessel_i(int n, double x) {
+    double half = fabs(x) / 2, term = n ? half : 1.0, sum = term;
+    for (int k = 1; k < 1000 && term > sum * 1e-17; k++) {
+        term *= half * half / ((double)k * (k + n));
+        sum += term;
+    }
+    return n && x < 0 ? -sum : sum;
+}
+}  // namespace gpt2cpu
+static inline double cyl_bessel_i0(double x) { return ::gpt2cpu::bessel_i(0, x); }
+static inline double cyl_bessel_i1(double x) { return ::gpt2cpu::bessel_i(1, x); }
+static inline float cyl_bessel_i0f(float x) { return (float)::gpt2cpu::bessel_i(0, x); }
+static inline float cyl_bessel_i1f(float x) { return (float)::gpt2cpu::bessel_i(1, x); }
+static inline void __prof_trigger(int) {}

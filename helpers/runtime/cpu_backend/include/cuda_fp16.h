@@ -107,6 +107,19 @@ GPT2CPU_H_MATH(sqrt, sqrtf(x)) GPT2CPU_H_MATH(rsqrt, 1.0f / sqrtf(x)) GPT2CPU_H_
 GPT2CPU_H_MATH(sin, sinf(x)) GPT2CPU_H_MATH(cos, cosf(x)) GPT2CPU_H_MATH(trunc, truncf(x))
 GPT2CPU_H_MATH(floor, floorf(x)) GPT2CPU_H_MATH(ceil, ceilf(x)) GPT2CPU_H_MATH(rint, rintf(x))
 #undef GPT2CPU_H_MATH
+// saturating arithmetic: the result clamped to [0.0, 1.0] (NaN to +0), as CUDA's _sat functions
+namespace gpt2cpu {
+static inline __half half_sat(__half h) {
+    float f = __half2float(h);
+    return !(f > 0.0f) ? half_from_bits(0) : f > 1.0f ? half_from_bits(0x3c00) : h;
+}
+}  // namespace gpt2cpu
+static inline __half __hadd_sat(__half a, __half b) { return gpt2cpu::half_sat(__hadd(a, b)); }
+static inline __half __hsub_sat(__half a, __half b) { return gpt2cpu::half_sat(__hsub(a, b)); }
+static inline __half __hmul_sat(__half a, __half b) { return gpt2cpu::half_sat(__hmul(a, b)); }
+static inline __half __hfma_sat(__half a, __half b, __half c) { return gpt2cpu::half_sat(__hfma(a, b, c)); }
+static inline __half2 __hadd2_sat(__half2 a, __half2 b) { return __half2(__hadd_sat(a.x, b.x), __hadd_sat(a.y, b.y)); }
+static inline __half2 __hmul2_sat(__half2 a, __half2 b) { return __half2(__hmul_sat(a.x, b.x), __hmul_sat(a.y, b.y)); }
 // operators, as cuda_fp16.hpp defines them for device code
 static inline __half operator+(__half a, __half b) { return __hadd(a, b); }
 static inline __half operator-(__half a, __half b) { return __hsub(a, b); }
