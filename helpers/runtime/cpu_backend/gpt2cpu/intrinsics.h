@@ -362,26 +362,20 @@ GPT2CPU_SIMD2(__vsetlts, sa < sb)                        GPT2CPU_SIMD2(__vsetltu
 #undef GPT2CPU_SIMD2
 #undef GPT2CPU_SIMD_BODY
 // sums of absolute differences of the parts
-static inline unsigned __vsads2(unsigned a, unsigned b) {
+namespace gpt2cpu {
+template <int BITS> static inline unsigned simd_sad(unsigned a, unsigned b, bool is_signed) {
     long long s = 0;
-    for (int k = 0; k < 2; k++) { long long d = ::gpt2cpu::simd_part<16>(a, k, true) - ::gpt2cpu::simd_part<16>(b, k, true); s += d < 0 ? -d : d; }
+    for (int k = 0; k < 32 / BITS; k++) {
+        long long d = simd_part<BITS>(a, k, is_signed) - simd_part<BITS>(b, k, is_signed);
+        s += d < 0 ? -d : d;
+    }
     return (unsigned)s;
 }
-static inline unsigned __vsads4(unsigned a, unsigned b) {
-    long long s = 0;
-    for (int k = 0; k < 4; k++) { long long d = ::gpt2cpu::simd_part<8>(a, k, true) - ::gpt2cpu::simd_part<8>(b, k, true); s += d < 0 ? -d : d; }
-    return (unsigned)s;
-}
-static inline unsigned __vsadu2(unsigned a, unsigned b) {
-    long long s = 0;
-    for (int k = 0; k < 2; k++) { long long d = ::gpt2cpu::simd_part<16>(a, k, false) - ::gpt2cpu::simd_part<16>(b, k, false); s += d < 0 ? -d : d; }
-    return (unsigned)s;
-}
-static inline unsigned __vsadu4(unsigned a, unsigned b) {
-    long long s = 0;
-    for (int k = 0; k < 4; k++) { long long d = ::gpt2cpu::simd_part<8>(a, k, false) - ::gpt2cpu::simd_part<8>(b, k, false); s += d < 0 ? -d : d; }
-    return (unsigned)s;
-}
+}  // namespace gpt2cpu
+static inline unsigned __vsads2(unsigned a, unsigned b) { return ::gpt2cpu::simd_sad<16>(a, b, true); }
+static inline unsigned __vsads4(unsigned a, unsigned b) { return ::gpt2cpu::simd_sad<8>(a, b, true); }
+static inline unsigned __vsadu2(unsigned a, unsigned b) { return ::gpt2cpu::simd_sad<16>(a, b, false); }
+static inline unsigned __vsadu4(unsigned a, unsigned b) { return ::gpt2cpu::simd_sad<8>(a, b, false); }
 
 // ---- dot products of packed integers (int8 inference kernels) ---------------------------------------
 // __dp4a: c + the four products of a's and b's bytes; __dp2a_lo/_hi: c + a's two halfwords times the
