@@ -602,3 +602,55 @@ def test_saturated_half_arithmetic_and_bessel_functions():
     i1 = np.sign(x) * np.exp((2 * k + 1) * np.log(np.maximum(half, 1e-300)) - lgamma(k + 1) - lgamma(k + 2)).sum(axis=0)
     np.testing.assert_allclose(out[:, 2], i0, rtol=6e-7)   # CUDA: within 6 and 7 ulps; here within 5
     np.testing.assert_allclose(out[:, 3], i1, rtol=6e-7, atol=1e-30)
+
+
+def _dpx_reference(x, y, z, bits, signed, relu=False):
+    """max, min, max3, min3, addmax, addmin (ReLU'd) on values of `bits` (32, or 16 per halfword)."""
+    if bits == 32:
+        parts = [v.astype(np.int64) if signed else v.view(np.uint32).astype(np.int64) for v in (x, y, z)]
+        parts = [p[None] for p in parts]
+    else:
+        parts = [_parts(v.view(np.uint32), 16, signed) for v in (x, y, z)]
+    a, b, c = parts
+    width = 1 << bits
+    wrap = (a + b) % width
+    s = np.where(signed & (wrap >= width // 2), wrap - width, wrap)
+    results = [np.maximum(a, b), np.minimum(a, b), np.maximum(np.maximum(a, b), c), np.minimum(np.minimum(a, b), c),
+               np.maximum(s, c), np.minimum(s, c)]
+    if relu:
+        results = [np.maximum(r, 0) for r in results]
+    return [(r[0] if bits == 32 else _pack(r, 16)).astype(np.int64).astype(np.uint32).view(np.int32) if bits == 16
+            else (r[0] & 0xFFFFFFFF).astype(np.uint32).view(np.int32) for r in results]
+
+
+def test_dpx_max_min_and_which_won():
+    n = 1001
+    rng = np.random.default_rng(15)
+    x, y, z = (rng.integers(-2**31, 2**31, n).astype(np.int32) for _ in range(3))
+    x[:3], y[:3], z[:3] = [2**31 - 1, -2**31, 0x7FFF7FFF], [1, -1, 0x00010001], [0, 0, 0]   # additions that wrap
+    out, pred = np.zeros((38, n), np.int32), np.zeros((n, 4), np.int32)
+    load("dpx.cu").get_function("dpx_ops")((ceil(n, 128),), (128,), (x, y, z, out, pred, n))
+    want = (_dpx_reference(x, y, z, 32, True) + _dpx_reference(x, y, z, 32, True, relu=True) +
+            _dpx_reference(x, y, z, 32, False) + _dpx_reference(x, y, z, 16, True) +
+            _dpx_reference(x, y, z, 16, False) + _dpx_reference(x, y, z, 16, True, relu=True))
+    names = [f"{op}_{kind}" for kind in ("s32", "s32_relu", "u32", "s16x2", "u16x2", "s16x2_relu")
+             for op in ("vimax", "vimin", "vimax3", "vimin3", "viaddmax", "viaddmin")]
+    for k, (name, w) in enumerate(zip(names, want)):
+        bad = np.flatnonzero(out[k] != w)
+        assert not bad.size, f"__{name}({x[bad[0]]}, {y[bad[0]]}, {z[bad[0]]}) = {out[k, bad[0]]}, want {w[bad[0]]}"
+    assert np.array_equal(out[36], np.maximum(x, y)) and np.array_equal(pred[:, 0], x >= y)
+    ux, uy = _parts(x.view(np.uint32), 16, False), _parts(y.view(np.uint32), 16, False)
+    assert np.array_equal(out[37].view(np.uint32), _pack(np.minimum(ux, uy), 16))
+    assert np.array_equal(pred[:, 1], ux[1] <= uy[1]) and np.array_equal(pred[:, 2], ux[0] <= uy[0])
+    assert np.array_equal(pred[:, 3], x <= y)
+
+
+def test_dynamic_shared_memory_through_a_header_template():
+    n, threads = 1000, 128   # the last block is partly outside the array
+    x = np.random.default_rng(16).standard_normal(n)
+    y = np.zeros(n)
+    fn = load("headers_and_signatures.cu").get_function("reverse_blocks")
+    fn((ceil(n, threads),), (threads,), (x, y, n), shared_mem=threads * 8)
+    padded = np.concatenate([x, np.zeros(ceil(n, threads) * threads - n)]).reshape(-1, threads)
+    assert np.array_equal(y, padded[:, ::-1].reshape(-1)[:n])
+    device.racecheck(fn, (ceil(n, threads),), (threads,), (x, y, n), shared_mem=threads * 8)

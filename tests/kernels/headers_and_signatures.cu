@@ -24,3 +24,13 @@ __global__ void scale_template(T* x, T factor, int n) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = x[i] * factor;
 }
+
+// Each block reverses its part of x through the dynamic shared memory that SharedMemory<T> names.
+extern "C" __global__ void reverse_blocks(const double* x, double* y, int n) {
+    double* tile = SharedMemory<double>();
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    tile[threadIdx.x] = i < n ? x[i] : 0.0;
+    __syncthreads();
+    int j = blockIdx.x * blockDim.x + (blockDim.x - 1 - threadIdx.x);
+    if (j < n) y[j] = tile[threadIdx.x];
+}

@@ -21,3 +21,13 @@ __device__ inline float block_total(float v) {
 
 template <typename T>
 __device__ inline T twice(T x) { return x + x; }
+
+// A typed view of the block's dynamic shared memory, the way NVIDIA's samples write it (an `extern
+// __shared__` array declared inside a member function of a header's template).
+template <class T>
+struct SharedMemory {
+    __device__ inline operator T*() {
+        extern __shared__ int shared_words[];
+        return (T*)shared_words;
+    }
+};

@@ -429,3 +429,79 @@ static inline double cyl_bessel_i1(double x) { return ::gpt2cpu::bessel_i(1, x);
 static inline float cyl_bessel_i0f(float x) { return (float)::gpt2cpu::bessel_i(0, x); }
 static inline float cyl_bessel_i1f(float x) { return (float)::gpt2cpu::bessel_i(1, x); }
 static inline void __prof_trigger(int) {}
+
+// ---- DPX: max and min of two or three values, after an addition, with a ReLU, or telling which won --------
+// (CUDA 12's dynamic-programming instructions; native on sm_90, emulated by the compiler before.) `s32`/`u32`:
+// one 32-bit value; `s16x2`/`u16x2`: two halfwords, each on its own. Additions wrap around.
+namespace gpt2cpu {
+template <int BITS, class F> static inline unsigned dpx_map(bool is_signed, unsigned a, unsigned b, unsigned c, F f) {
+    if (BITS == 32) {
+        long long x = is_signed ? (long long)(int)a : (long long)a, y = is_signed ? (long long)(int)b : (long long)b;
+        long long z = is_signed ? (long long)(int)c : (long long)c;
+        return (unsigned)f(x, y, z, 32);
+    }
+    return simd_map<16>([&](int k) {
+        return f(simd_part<16>(a, k, is_signed), simd_part<16>(b, k, is_signed), simd_part<16>(c, k, is_signed), 16);
+    });
+}
+static inline long long dpx_wrap(long long v, int bits, bool is_signed) {   // a sum as the part's type holds it
+    unsigned long long m = bits == 32 ? 0xffffffffull : 0xffffull;
+    long long u = (long long)((unsigned long long)v & m);
+    return is_signed && (u >> (bits - 1)) ? u - (long long)(m + 1) : u;
+}
+}  // namespace gpt2cpu
+#define GPT2CPU_DPX(NAME, T, BITS, SIGNED, EXPR)                                                             \
+    static inline T NAME(T a, T b, T c) {                                                                 \
+        return (T)::gpt2cpu::dpx_map<BITS>(SIGNED, (unsigned)a, (unsigned)b, (unsigned)c,                  \
+            [](long long x, long long y, long long z, int bits) { (void)z; (void)bits; return (long long)(EXPR); }); }
+#define GPT2CPU_DPX2(NAME, T, BITS, SIGNED, EXPR)                                                            \
+    static inline T NAME(T a, T b) {                                                                      \
+        return (T)::gpt2cpu::dpx_map<BITS>(SIGNED, (unsigned)a, (unsigned)b, 0u,                           \
+            [](long long x, long long y, long long z, int bits) { (void)z; (void)bits; return (long long)(EXPR); }); }
+#define GPT2CPU_DPX_ALL(SUFFIX, T, BITS, SIGNED)                                                             \
+    GPT2CPU_DPX2(__vimax_##SUFFIX, T, BITS, SIGNED, x > y ? x : y)                                         \
+    GPT2CPU_DPX2(__vimin_##SUFFIX, T, BITS, SIGNED, x < y ? x : y)                                         \
+    GPT2CPU_DPX(__vimax3_##SUFFIX, T, BITS, SIGNED, (x > y ? x : y) > z ? (x > y ? x : y) : z)             \
+    GPT2CPU_DPX(__vimin3_##SUFFIX, T, BITS, SIGNED, (x < y ? x : y) < z ? (x < y ? x : y) : z)             \
+    GPT2CPU_DPX(__viaddmax_##SUFFIX, T, BITS, SIGNED,                                                      \
+                ::gpt2cpu::dpx_wrap(x + y, bits, SIGNED) > z ? ::gpt2cpu::dpx_wrap(x + y, bits, SIGNED) : z) \
+    GPT2CPU_DPX(__viaddmin_##SUFFIX, T, BITS, SIGNED,                                                      \
+                ::gpt2cpu::dpx_wrap(x + y, bits, SIGNED) < z ? ::gpt2cpu::dpx_wrap(x + y, bits, SIGNED) : z)
+GPT2CPU_DPX_ALL(s32, int, 32, true)
+GPT2CPU_DPX_ALL(u32, unsigned, 32, false)
+GPT2CPU_DPX_ALL(s16x2, unsigned, 16, true)
+GPT2CPU_DPX_ALL(u16x2, unsigned, 16, false)
+#define GPT2CPU_DPX_RELU(SUFFIX, T, BITS)                                                                    \
+    GPT2CPU_DPX2(__vimax_##SUFFIX##_relu, T, BITS, true, (x > y ? x : y) > 0 ? (x > y ? x : y) : 0)        \
+    GPT2CPU_DPX2(__vimin_##SUFFIX##_relu, T, BITS, true, (x < y ? x : y) > 0 ? (x < y ? x : y) : 0)        \
+    GPT2CPU_DPX(__vimax3_##SUFFIX##_relu, T, BITS, true,                                                   \
+                ((x > y ? x : y) > z ? (x > y ? x : y) : z) > 0 ? ((x > y ? x : y) > z ? (x > y ? x : y) : z) : 0) \
+    GPT2CPU_DPX(__vimin3_##SUFFIX##_relu, T, BITS, true,                                                   \
+                ((x < y ? x : y) < z ? (x < y ? x : y) : z) > 0 ? ((x < y ? x : y) < z ? (x < y ? x : y) : z) : 0) \
+    GPT2CPU_DPX(__viaddmax_##SUFFIX##_relu, T, BITS, true,                                                 \
+                (::gpt2cpu::dpx_wrap(x + y, bits, true) > z ? ::gpt2cpu::dpx_wrap(x + y, bits, true) : z) > 0 ? \
+                (::gpt2cpu::dpx_wrap(x + y, bits, true) > z ? ::gpt2cpu::dpx_wrap(x + y, bits, true) : z) : 0) \
+    GPT2CPU_DPX(__viaddmin_##SUFFIX##_relu, T, BITS, true,                                                 \
+                (::gpt2cpu::dpx_wrap(x + y, bits, true) < z ? ::gpt2cpu::dpx_wrap(x + y, bits, true) : z) > 0 ? \
+                (::gpt2cpu::dpx_wrap(x + y, bits, true) < z ? ::gpt2cpu::dpx_wrap(x + y, bits, true) : z) : 0)
+GPT2CPU_DPX_RELU(s32, int, 32)
+GPT2CPU_DPX_RELU(s16x2, unsigned, 16)
+#undef GPT2CPU_DPX_RELU
+#undef GPT2CPU_DPX_ALL
+#undef GPT2CPU_DPX2
+#undef GPT2CPU_DPX
+// max / min and which operand won: *pred = (a >= b) for max, (a <= b) for min (per halfword: hi, lo)
+static inline int __vibmax_s32(int a, int b, bool* pred) { *pred = a >= b; return a >= b ? a : b; }
+static inline unsigned __vibmax_u32(unsigned a, unsigned b, bool* pred) { *pred = a >= b; return a >= b ? a : b; }
+static inline int __vibmin_s32(int a, int b, bool* pred) { *pred = a <= b; return a <= b ? a : b; }
+static inline unsigned __vibmin_u32(unsigned a, unsigned b, bool* pred) { *pred = a <= b; return a <= b ? a : b; }
+#define GPT2CPU_VIB16(NAME, SIGNED, CMP)                                                                     \
+    static inline unsigned NAME(unsigned a, unsigned b, bool* pred_hi, bool* pred_lo) {                     \
+        long long a0 = ::gpt2cpu::simd_part<16>(a, 0, SIGNED), b0 = ::gpt2cpu::simd_part<16>(b, 0, SIGNED);  \
+        long long a1 = ::gpt2cpu::simd_part<16>(a, 1, SIGNED), b1 = ::gpt2cpu::simd_part<16>(b, 1, SIGNED);  \
+        *pred_lo = a0 CMP b0;                                                                               \
+        *pred_hi = a1 CMP b1;                                                                               \
+        return (((unsigned)(*pred_lo ? a0 : b0)) & 0xffffu) | ((((unsigned)(*pred_hi ? a1 : b1)) & 0xffffu) << 16); }
+GPT2CPU_VIB16(__vibmax_s16x2, true, >=) GPT2CPU_VIB16(__vibmax_u16x2, false, >=)
+GPT2CPU_VIB16(__vibmin_s16x2, true, <=) GPT2CPU_VIB16(__vibmin_u16x2, false, <=)
+#undef GPT2CPU_VIB16
