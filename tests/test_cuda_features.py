@@ -654,3 +654,11 @@ def test_dynamic_shared_memory_through_a_header_template():
     padded = np.concatenate([x, np.zeros(ceil(n, threads) * threads - n)]).reshape(-1, threads)
     assert np.array_equal(y, padded[:, ::-1].reshape(-1)[:n])
     device.racecheck(fn, (ceil(n, threads),), (threads,), (x, y, n), shared_mem=threads * 8)
+
+
+def test_cg_thread_group_holds_any_group():
+    threads = 96
+    out = np.zeros((2 * threads, 2), np.int32)
+    load("cooperative_groups.cu").get_function("generic_groups")((2,), (threads,), (out,))
+    t = np.arange(2 * threads) % threads
+    assert np.array_equal(out[:, 0], t * 10000 + threads) and np.array_equal(out[:, 1], (t % 8) * 10000 + 8)

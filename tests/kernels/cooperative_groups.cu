@@ -85,3 +85,16 @@ extern "C" __global__ void dynamic_and_coalesced(const int* x, int* out) {
     }
     cg::sync(block);
 }
+
+// thread_group, CUDA's common base of all groups: the block and a run-time tile through one type.
+__device__ int rank_and_size(const cg::thread_group& g) { return (int)(g.thread_rank() * 10000 + g.size()); }
+
+extern "C" __global__ void generic_groups(int* out) {
+    cg::thread_group block = cg::this_thread_block();
+    cg::thread_group tile = cg::tiled_partition(block, 8);
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    out[2 * i] = rank_and_size(block);
+    block.sync();
+    out[2 * i + 1] = rank_and_size(tile);
+    cg::sync(tile);
+}

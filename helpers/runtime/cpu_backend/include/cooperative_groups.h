@@ -118,17 +118,25 @@ template <unsigned N, class Parent> static inline thread_block_tile<N, Parent> t
     return thread_block_tile<N, Parent>();
 }
 
-// tiled_partition(parent, n) with n known at run time: a group of n lanes (n a power of two, at most 32)
-class thread_group : public warp_group {
+// thread_group: any group, as CUDA's common base of them all (`cg::thread_group g = block;`): the
+// whole block, or lanes of one warp. What tiled_partition(parent, n) returns, n known at run time.
+class thread_group {
+    bool block_;
+    warp_group lanes_;
   public:
-    thread_group(unsigned n)
-        : warp_group(n == 32 ? 0xffffffffu : (((1u << n) - 1) << (details::lane() & ~(n - 1))), n, true) {}
+    thread_group(const thread_block&) : block_(true), lanes_(0xffffffffu, 32, true) {}
+    thread_group(const warp_group& g) : block_(false), lanes_(g) {}
+    void sync(int line = __builtin_LINE()) const { if (block_) ::gpt2cpu::syncthreads(line); else lanes_.sync(); }
+    unsigned thread_rank() const { return block_ ? details::linear_rank() : lanes_.thread_rank(); }
+    unsigned size() const { return block_ ? details::block_threads() : lanes_.size(); }
+    unsigned num_threads() const { return size(); }
 };
 template <class Parent> static inline thread_group tiled_partition(const Parent&, unsigned n) {
     if (n == 0 || n > 32 || (n & (n - 1)))
         ::gpt2cpu::runtime_error(::gpt2cpu::self(),
             "tiled_partition(group, %u): the CPU backend supports tiles of 1, 2, 4, 8, 16 or 32 threads", n);
-    return thread_group(n);
+    return thread_group(warp_group(n == 32 ? 0xffffffffu : (((1u << n) - 1) << (details::lane() & ~(n - 1))), n,
+                                   true));
 }
 
 class coalesced_group : public warp_group {
@@ -140,8 +148,9 @@ static inline coalesced_group coalesced_threads(int line = __builtin_LINE()) {
     return coalesced_group(::gpt2cpu::activemask(line));
 }
 
-static inline void sync(const thread_block& g) { g.sync(); }
+static inline void sync(const thread_block& g, int line = __builtin_LINE()) { g.sync(line); }
 static inline void sync(const warp_group& g) { g.sync(); }
+static inline void sync(const thread_group& g, int line = __builtin_LINE()) { g.sync(line); }
 
 class grid_group {
   public:
