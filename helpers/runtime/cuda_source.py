@@ -64,17 +64,19 @@ def strip_comments(src: str) -> str:
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 
 
+def find_include(path: Path, name: str) -> Path | None:
+    """The file `#include "name"` in `path` means: next to it, then in cuda/; None if neither has it."""
+    return next((f for f in ((base / name).resolve() for base in (path.parent, CUDA_DIR)) if f.is_file()), None)
+
+
 def local_includes(path: Path, seen=None) -> list[Path]:
     """Files pulled in with #include "..." (relative to the file, then cuda/), recursively."""
     seen = [] if seen is None else seen
     for name in _INCLUDE.findall(strip_comments(path.read_text())):
-        for base in (path.parent, CUDA_DIR):
-            f = (base / name).resolve()
-            if f.is_file():
-                if f not in seen:
-                    seen.append(f)
-                    local_includes(f, seen)
-                break
+        f = find_include(path, name)
+        if f is not None and f not in seen:
+            seen.append(f)
+            local_includes(f, seen)
     return seen
 
 
@@ -92,8 +94,7 @@ def inline_local_includes(path: Path, _seen=None) -> str:
     text = _PRAGMA_ONCE.sub("", strip_comments(path.read_text()))
     out, pos = [], 0
     for m in _INCLUDE_LINE.finditer(text):
-        found = next((f for f in ((base / m.group(1)).resolve() for base in (path.parent, CUDA_DIR)) if f.is_file()),
-                     None)
+        found = find_include(path, m.group(1))
         if found is None:
             continue  # left to the compiler, which says it is missing
         line = text.count("\n", 0, m.start()) + 1
@@ -296,7 +297,7 @@ _GLOBAL = re.compile(r"\b__global__\b")
 def parse_kernels(src: str) -> dict[str, dict]:
     """The `__global__` functions of a source: name -> {params text, template params, launch bounds, line}."""
     text = strip_comments(src)
-    found = {}
+    found, macros = {}, defines(text)
     for m in _GLOBAL.finditer(text):
         i = m.end()
         head = text[i : i + 400]
@@ -327,7 +328,7 @@ def parse_kernels(src: str) -> dict[str, dict]:
         max_threads = None
         if bounds:
             first = split_top_level(bounds)[0].strip()
-            max_threads = constant_int(first, defines(text))
+            max_threads = constant_int(first, macros)
             if max_threads is None:
                 max_threads = first   # a template parameter's expression: known per instantiation
         found[name] = dict(params=params_text, template_params=template_params, max_threads=max_threads,
@@ -352,7 +353,7 @@ def defines(text: str) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in _DEFINE.finditer(text)}
 
 
-def constant_int(expression: str, macros: dict[str, str], depth: int = 0):
+def constant_int(expression: str, macros: dict[str, str]):
     """The value of an integer constant expression made of literals, macros and + - * / % << >> ( ),
     as the compiler computes it (C's truncating division); None if it is anything else."""
     def expand(m):

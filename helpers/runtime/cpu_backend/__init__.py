@@ -242,7 +242,12 @@ def module_source(path: Path, name_expressions=()) -> tuple[str, list[str]]:
                                f"or list them in a `// name_expressions: ...` line of the file")
         raise CompileError(f"{path} declares no __global__ kernel")
     # (local headers inlined, so that their __shared__ declarations are rewritten too)
-    body = f'#line 1 "{path}"\n' + rewrite_shared(cuda_source.inline_local_includes(path))
+    expanded = cuda_source.inline_local_includes(path)
+    gpu_only = gpu_only_features(expanded)
+    if gpu_only:
+        raise CompileError(f"{path.name} uses CUDA the CPU backend does not run (it compiles for a GPU with CuPy):\n"
+                           + "\n".join(f"- {m}" for m in gpu_only))
+    body = f'#line 1 "{path}"\n' + rewrite_shared(expanded)
     return body + _generated_tail(entries, cuda_source.device_variables(src)), entries
 
 
@@ -301,10 +306,6 @@ def gpu_only_features(text: str) -> list[str]:
 
 
 def compile_module(path: Path, options=(), name_expressions=()) -> CompiledModule:
-    gpu_only = gpu_only_features(cuda_source.inline_local_includes(path))
-    if gpu_only:
-        raise CompileError(f"{path.name} uses CUDA the CPU backend does not run (it compiles for a GPU with CuPy):\n"
-                           + "\n".join(f"- {m}" for m in gpu_only))
     body, entries = module_source(path, name_expressions)
     cxx = find_compiler()
     flags = module_flags(path, options, cxx)
