@@ -1,6 +1,7 @@
 // common.cuh: the pieces the kernel files share, included with #include "common.cuh" (the CPU
 // backend, CuPy and the NVRTC report all put cuda/ on the include path). Introduced in
-// notebooks/02_layernorm.ipynb; used by layernorm.cu, attention.cu, global_norm.cu, kv_cache.cu.
+// notebooks/02_layernorm.ipynb; used by layernorm.cu, attention.cu, global_norm.cu, kv_cache.cu, rmsnorm.cu,
+// gqa.cu.
 //
 // Warp and block reductions of one float per thread. Every one of them returns the result to
 // EVERY thread that called it, and adds (or compares) in an order fixed by the lane and warp

@@ -30,6 +30,10 @@
 //     dout in that order. The result is the same bits in every run, and the same bits as adding
 //     the positions one after the other in order (NumPy's np.add.at).
 //
+// A model without learned positions (Llama: its positions enter through RoPE, cuda/rope.cu) passes
+// wpe = NULL (None from Python): the forward then adds nothing, and the backward has no dwpe to
+// write (encoder_backward1 skips it; the wrapper leaves out encoder_backward2_dwpe).
+//
 // All indices are 32-bit ints: the wrappers check that B*T*C and V*C are below 2^31.
 
 // version 1: one thread per (b, t, c).
@@ -41,7 +45,7 @@ extern "C" __global__ void encoder_forward1(float* out, const int* idx, const fl
         int t = bt % T;
         int c = i % C;
         int token = idx[bt];
-        out[i] = wte[token * C + c] + wpe[t * C + c];
+        out[i] = wpe ? wte[token * C + c] + wpe[t * C + c] : wte[token * C + c];
     }
 }
 
@@ -56,7 +60,7 @@ extern "C" __global__ void encoder_forward2(float* out, const int* idx, const fl
         int c4 = i % C4;
         int token = idx[bt];
         float4 w = reinterpret_cast<const float4*>(wte + token * C)[c4];
-        float4 p = reinterpret_cast<const float4*>(wpe + t * C)[c4];
+        float4 p = wpe ? reinterpret_cast<const float4*>(wpe + t * C)[c4] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         float4 o;
         o.x = w.x + p.x;
         o.y = w.y + p.y;
@@ -77,7 +81,9 @@ extern "C" __global__ void encoder_backward1(float* dwte, float* dwpe, const flo
         int token = idx[bt];
         float d = dout[i];
         atomicAdd(&dwte[token * C + c], d);  // other positions with the same token add here too
-        atomicAdd(&dwpe[t * C + c], d);      // and so do the B positions with the same t
+        if (dwpe) {
+            atomicAdd(&dwpe[t * C + c], d);  // and so do the B positions with the same t
+        }
     }
 }
 

@@ -126,6 +126,31 @@ def test_backward_kernels_match_reference(shape):
             assert np.array_equal(device.asnumpy(dwpe), ref_dwpe)
 
 
+@pytest.mark.parametrize("shape", [SHAPES[0], ODD_C], ids=str)
+def test_without_positions_wpe_none_is_the_token_rows_alone(shape):
+    """Llama has no learned positions: wpe = None (NULL in the kernel) adds nothing, dwpe = None writes
+    nothing, every version, with the same bits as the reference."""
+    p = make_inputs(*shape)
+    assert np.array_equal(encoder.encoder_forward(p.idx, p.wte, None), p.wte[p.idx])
+    for version in versions_for(shape, "forward"):
+        out = device.empty((p.B, p.T, p.C))
+        encoder.forward(out, device.asarray(p.idx), device.asarray(p.wte), None, version=version)
+        assert np.array_equal(device.asnumpy(out), p.wte[p.idx]), version
+    ref = p.dwte.copy()
+    encoder.encoder_backward(ref, None, p.dout, p.idx)
+    for version in versions_for(shape, "backward"):
+        dwte = device.asarray(p.dwte.copy())
+        launches = encoder.launches("backward", dwte, None, device.asarray(p.dout), device.asarray(p.idx),
+                                    version=version)
+        assert not any("dwpe" in launch.name for launch in launches)
+        for launch in launches:
+            launch()
+        helpers.check(f"encoder_backward{version} dwte, no wpe {shape}", dwte, ref, atol=1e-5, rtol=1e-5)
+    for launch in encoder.launches("forward", device.empty((p.B, p.T, p.C)), device.asarray(p.idx),
+                                   device.asarray(p.wte), None, version=1):
+        device.racecheck(*launch)
+
+
 def test_backward2_with_a_host_copy_of_idx():
     p = make_inputs(3, 37, 48, 101, 41)
     ref_dwte, ref_dwpe = p.dwte.copy(), p.dwpe.copy()

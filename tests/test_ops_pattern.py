@@ -10,8 +10,8 @@ import pytest
 from helpers.runtime.cuda_source import CUDA_DIR, REPO_ROOT
 
 OPS = ["encoder", "layernorm", "matmul", "attention", "gelu", "residual", "classifier", "adamw", "global_norm",
-       "kv_cache"]
-STEP_NAMES = {"forward", "backward", "update"}
+       "kv_cache", "rmsnorm", "rope", "swiglu", "gqa"]
+STEP_NAMES = {"forward", "backward", "update", "decode"}
 
 
 def op_module(name):
@@ -58,7 +58,7 @@ def test_references_take_the_wrappers_arguments_in_their_order(name):
     for step in op.VERSIONS:
         wrapper, reference = getattr(op, step), getattr(op, f"{name}_{step}")
         ours, theirs = positional(wrapper), positional(reference)
-        if step == "forward":   # the wrapper's outputs first, then the reference's inputs, in order
+        if step in ("forward", "decode"):   # the wrapper's outputs first, then the reference's inputs, in order
             inputs = [p for p in theirs if p in ours]   # (options such as layernorm's eps are keywords there)
             assert inputs and ours[len(ours) - len(inputs):] == inputs, (ours, theirs)
         else:                   # in place: the same arguments

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from helpers.model.gpt2 import GPT2, GPT2Config
-from helpers.ops import adamw, attention, classifier, encoder, gelu, global_norm, kv_cache, layernorm, matmul, residual
+from helpers.model.llama import Llama, LlamaConfig
+from helpers.ops import (adamw, attention, classifier, encoder, gelu, global_norm, gqa, kv_cache, layernorm, matmul,
+                         residual, rmsnorm, rope, swiglu)
 from helpers.runtime import device, nvrtc_report
 
 REGISTER_FILE = 65536       # registers per SM, and at most per block, on sm_75 ... sm_120
@@ -81,11 +83,37 @@ def _launch_every_op():
         global_norm.squared_norm([d(100), d(64)] if v < 3 else [d(96), d(64)], version=v)
     k_cache, v_cache = device.zeros((NH, T, C // NH)), device.zeros((NH, T, C // NH))
     kv_cache.forward(device.empty((1, 1, C)), k_cache, v_cache, d(1, 1, 3 * C), 0)
-    # and the model, which picks its own versions
-    model = GPT2(GPT2Config(vocab_size=V, block_size=T, n_layer=1, n_head=NH, n_embd=C), backend="cuda", seed=0)
-    model.forward(device.asnumpy(idx), device.asnumpy(idx))
-    model.backward()
-    list(model.generate(np.array([1, 2]), 2, temperature=0))
+    # Llama's ops
+    rstd = device.empty((B, T))
+    for v in rmsnorm.VERSIONS["forward"]:
+        rmsnorm.forward(device.empty((B, T, C)), rstd, x, w, version=v)
+    for v in rmsnorm.VERSIONS["backward"]:
+        rmsnorm.backward(device.zeros((B, T, C)), device.zeros(C), d(B, T, C), x, w, rstd, version=v)
+    for v in swiglu.VERSIONS["forward"]:
+        swiglu.forward(device.empty((B, T, 4 * C)), d(B, T, 8 * C), version=v)
+        swiglu.backward(device.zeros((B, T, 8 * C)), d(B, T, 4 * C), d(B, T, 8 * C), version=v)
+    cos, sin = (device.asarray(table) for table in rope.frequencies(16, T))    # hs = 16: every version
+    for v in rope.VERSIONS["forward"]:
+        rope.forward(device.empty((B, T, 64)), d(B, T, 64), cos, sin, NH, 1, version=v)     # W = (2 + 2*1) * 16
+        rope.backward(device.zeros((B, T, 64)), d(B, T, 64), cos, sin, NH, 1, version=v)
+    NKV, hs = 1, C // NH                          # G = 2 query heads per key/value head
+    gqkv = d(B, T, (NH + 2 * NKV) * hs)
+    for v in gqa.VERSIONS["forward"]:
+        aux = dict(att=device.empty((B, NH, T, T))) if v == 1 else dict(lse=device.empty((B, NH, T)))
+        out = device.empty((B, T, NH * hs))
+        gqa.forward(out, gqkv, NH, NKV, version=v, **aux)
+        gqa.backward(device.zeros(gqkv.shape), d(B, T, NH * hs), gqkv, out, NH, NKV, version=v, **aux)
+    for v in gqa.VERSIONS["decode"]:
+        gqa.decode(device.empty(NH * hs), device.zeros((NKV, T, hs)), device.zeros((NKV, T, hs)),
+                   d((NH + 2 * NKV) * hs), 0, NH, version=v)
+    # and the models, which pick their own versions
+    models = [GPT2(GPT2Config(vocab_size=V, block_size=T, n_layer=1, n_head=NH, n_embd=C), backend="cuda", seed=0),
+              Llama(LlamaConfig(vocab_size=V, block_size=T, n_layer=1, n_head=4, n_kv_head=2, n_embd=C,
+                                intermediate_size=48), backend="cuda", seed=0)]
+    for model in models:
+        model.forward(device.asnumpy(idx), device.asnumpy(idx))
+        model.backward()
+        list(model.generate(np.array([1, 2]), 2, temperature=0))
 
 
 def registers_per_block(registers: int, threads: int) -> int:

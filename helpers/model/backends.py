@@ -11,13 +11,16 @@ from ..ops import classifier as classifier_ops
 from ..ops import encoder as encoder_ops
 from ..ops import gelu as gelu_ops
 from ..ops import global_norm as global_norm_ops
+from ..ops import gqa as gqa_ops
 from ..ops import kv_cache as kv_cache_ops
 from ..ops import layernorm as layernorm_ops
 from ..ops import matmul as matmul_ops
 from ..ops import residual as residual_ops
+from ..ops import rmsnorm as rmsnorm_ops
+from ..ops import rope as rope_ops
+from ..ops import swiglu as swiglu_ops
 from ..runtime import device
 from . import fast_numpy
-from .layout import GPT2Config
 
 
 class NumpyOps:
@@ -77,23 +80,62 @@ class NumpyOps:
     def kv_cache_forward(self, out, k_cache, v_cache, qkv, pos):
         out[...] = kv_cache_ops.kv_cache_forward(k_cache, v_cache, qkv, pos).reshape(out.shape)
 
+    # -- Llama's ops (notebook 11) -------------------------------------------------------------------
+    def rmsnorm_forward(self, out, rstd, x, w, eps):
+        o, r = rmsnorm_ops.rmsnorm_forward(x, w, eps)
+        out[...], rstd[...] = o, r
+
+    def rmsnorm_backward(self, dx, dw, dout, x, w, rstd):
+        rmsnorm_ops.rmsnorm_backward(dx, dw, dout, x, w, rstd)
+
+    def rope_forward(self, out, qkv, cos, sin, n_head, n_kv_head, pos0=0):
+        out[...] = rope_ops.rope_forward(qkv, cos, sin, n_head, n_kv_head, pos0=pos0)
+
+    def rope_backward(self, dqkv, dout, cos, sin, n_head, n_kv_head, pos0=0):
+        rope_ops.rope_backward(dqkv, dout, cos, sin, n_head, n_kv_head, pos0=pos0)
+
+    def gqa_forward(self, out, qkv, n_head, n_kv_head, att=None, lse=None):
+        o, probs = gqa_ops.gqa_forward(qkv, n_head, n_kv_head)
+        out[...], att[...] = o, probs
+
+    def gqa_backward(self, dqkv, dout, qkv, out, n_head, n_kv_head, att=None, lse=None):
+        gqa_ops.gqa_backward(dqkv, dout, qkv, out, n_head, n_kv_head, att=att)
+
+    def gqa_decode(self, out, k_cache, v_cache, qkv, pos, n_head):
+        out[...] = gqa_ops.gqa_decode(k_cache, v_cache, qkv, pos, n_head).reshape(out.shape)
+
+    def swiglu_forward(self, out, gate_up):
+        out[...] = swiglu_ops.swiglu_forward(gate_up)
+
+    def swiglu_backward(self, dgate_up, dout, gate_up):
+        swiglu_ops.swiglu_backward(dgate_up, dout, gate_up)
+
 
 class CudaOps:
     """Every op through the kernels of cuda/, on the active device (CuPy or the CPU backend).
 
     The fastest version of each op whose shape assumptions the config meets: the float4 versions
-    need n_embd to be a multiple of 4; attention version 3 (tiled, online softmax) never stores the
-    (T, T) matrices; every version used here is deterministic (no float atomics)."""
+    need n_embd (and, for Llama, the MLP's width and every projection's) to be a multiple of 4, RoPE's
+    version 2 a head size that is a multiple of 8, RMSNorm's backward 2 n_embd <= 12256; attention
+    version 3 (tiled, online softmax) never stores the (T, T) matrices, nor does grouped-query
+    attention's version 3; every version used here is deterministic (no float atomics)."""
     name = "cuda"
 
-    def __init__(self, config: GPT2Config, versions: dict | None = None):
+    def __init__(self, config, versions: dict | None = None):
         self.xp = device.xp
         vec = config.n_embd % 4 == 0
-        self.v = {"encoder_forward": 2 if vec else 1, "encoder_backward": 2, "layernorm_forward": 3 if vec else 2,
+        hidden = getattr(config, "intermediate_size", 4 * config.n_embd)   # the MLP's width (GPT-2: 4C)
+        head = getattr(config, "head_dim", config.n_embd // config.n_head)
+        self.v = {"rmsnorm_forward": 3 if vec else 2,
+                  "rmsnorm_backward": 2 if vec and config.n_embd <= rmsnorm_ops.BACKWARD2_MAX_C else 1,
+                  "rope": 2 if head % 8 == 0 else 1, "swiglu": 2 if hidden % 4 == 0 else 1,
+                  "gqa": 3, "gqa_decode": 2,
+                  "encoder_forward": 2 if vec else 1, "encoder_backward": 2, "layernorm_forward": 3 if vec else 2,
                   "layernorm_backward": 2, "matmul_forward": 3 if vec else 2, "matmul_backward": 3 if vec else 2,
                   "attention": 3, "gelu": 2 if vec else 1, "residual": 2 if vec else 1, "classifier": 3,
                   "adamw": 2 if vec else 1, "norm": 3, "kv_cache": 1, **(versions or {})}
         self.attention_version = self.v["attention"]
+        self.gqa_version = self.v["gqa"]
 
     def encoder_forward(self, out, idx, wte, wpe):
         encoder_ops.forward(out, idx, wte, wpe, version=self.v["encoder_forward"])
@@ -110,11 +152,17 @@ class CudaOps:
     def matmul_forward(self, out, x, w, b):
         # one row (a generation step): the naive kernel, one thread per output; a 128x128 tile would be
         # 127/128 idle
-        version = 1 if x.size == x.shape[-1] else self.v["matmul_forward"]
+        version = 1 if x.size == x.shape[-1] else self._matmul_version("matmul_forward", w)
         matmul_ops.forward(out, x, w, b, version=version)
 
     def matmul_backward(self, dx, dw, db, dout, x, w):
-        matmul_ops.backward(dx, dw, db, dout, x, w, version=self.v["matmul_backward"])
+        matmul_ops.backward(dx, dw, db, dout, x, w, version=self._matmul_version("matmul_backward", w))
+
+    def _matmul_version(self, step, w):
+        """The configured version, or version 2 where the float4 tiles of version 3 do not fit (a
+        Llama projection whose width, such as intermediate_size, is not a multiple of 4)."""
+        version = self.v[step]
+        return 2 if version == 3 and any(int(n) % 4 for n in w.shape) else version
 
     def attention_forward(self, out, qkv, n_head, att=None, lse=None):
         attention_ops.forward(out, qkv, n_head, version=self.attention_version,
@@ -149,4 +197,34 @@ class CudaOps:
 
     def kv_cache_forward(self, out, k_cache, v_cache, qkv, pos):
         kv_cache_ops.forward(out, k_cache, v_cache, qkv, pos, version=self.v["kv_cache"])
+
+    # -- Llama's ops (notebook 11) -------------------------------------------------------------------
+    def rmsnorm_forward(self, out, rstd, x, w, eps):
+        rmsnorm_ops.forward(out, rstd, x, w, version=self.v["rmsnorm_forward"], eps=eps)
+
+    def rmsnorm_backward(self, dx, dw, dout, x, w, rstd):
+        rmsnorm_ops.backward(dx, dw, dout, x, w, rstd, version=self.v["rmsnorm_backward"])
+
+    def rope_forward(self, out, qkv, cos, sin, n_head, n_kv_head, pos0=0):
+        rope_ops.forward(out, qkv, cos, sin, n_head, n_kv_head, version=self.v["rope"], pos0=pos0)
+
+    def rope_backward(self, dqkv, dout, cos, sin, n_head, n_kv_head, pos0=0):
+        rope_ops.backward(dqkv, dout, cos, sin, n_head, n_kv_head, version=self.v["rope"], pos0=pos0)
+
+    def gqa_forward(self, out, qkv, n_head, n_kv_head, att=None, lse=None):
+        gqa_ops.forward(out, qkv, n_head, n_kv_head, version=self.gqa_version,
+                        **({"att": att} if self.gqa_version == 1 else {"lse": lse}))
+
+    def gqa_backward(self, dqkv, dout, qkv, out, n_head, n_kv_head, att=None, lse=None):
+        gqa_ops.backward(dqkv, dout, qkv, out, n_head, n_kv_head, version=self.gqa_version,
+                         **({"att": att} if self.gqa_version == 1 else {"lse": lse}))
+
+    def gqa_decode(self, out, k_cache, v_cache, qkv, pos, n_head):
+        gqa_ops.decode(out, k_cache, v_cache, qkv, pos, n_head, version=self.v["gqa_decode"])
+
+    def swiglu_forward(self, out, gate_up):
+        swiglu_ops.forward(out, gate_up, version=self.v["swiglu"])
+
+    def swiglu_backward(self, dgate_up, dout, gate_up):
+        swiglu_ops.backward(dgate_up, dout, gate_up, version=self.v["swiglu"])
 

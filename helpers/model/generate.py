@@ -1,7 +1,7 @@
 """Generating text: sampling the next token, and a key/value cache so that each new token costs one
 position's work instead of a forward pass over the whole context (notebook 10).
 
-`GPT2.generate(idx, max_new_tokens, temperature, top_k, top_p, seed)` yields token ids one at a time.
+`model.generate(idx, max_new_tokens, temperature, top_k, top_p, seed)` yields token ids one at a time.
 Both backends run the same decode step: the ops of the model on a single row, plus the cached
 attention step (cuda/kv_cache.cu on the `cuda` backend, helpers/ops/kv_cache.py on `numpy`).
 """
@@ -70,49 +70,26 @@ def next_token(logits, temperature=1.0, top_k=None, top_p=None, rng=None) -> int
 # The key/value cache and the decode step
 # ------------------------------------------------------------------------------------------------
 class KVCache:
-    """Per-layer keys and values of the positions seen so far, plus the one-row activations of a step."""
+    """Per-layer keys and values of the positions seen so far, plus the one-row activations of a step;
+    their shapes come from the model (kv_cache_shapes, decode_shapes), and so does the step
+    (decode_step): GPT-2's and Llama's layers differ, the cache's bookkeeping does not."""
 
     def __init__(self, model):
-        cfg = model.config
-        L, NH, C, maxT = cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size
-        hs = C // NH
         self.model, self.pos = model, 0
-        self.cache = FlatBuffer({f"{kv}{l}": (NH, maxT, hs) for l in range(L) for kv in "kv"}, model.xp)
-        one = (1, 1)
-        self.acts = FlatBuffer({"x": one + (C,), "ln": one + (C,), "mean": one, "rstd": one, "qkv": one + (3 * C,),
-                                "atty": one + (C,), "attproj": one + (C,), "res2": one + (C,), "fch": one + (4 * C,),
-                                "fch_gelu": one + (4 * C,), "fcproj": one + (C,), "res3": one + (C,),
-                                "logits": one + (cfg.padded_vocab_size,)}, model.xp)
+        self.cache = FlatBuffer(model.kv_cache_shapes(), model.xp)
+        self.acts = FlatBuffer(model.decode_shapes(), model.xp)
 
     def step(self, token: int, logits: bool = True):
         """Feed one token at the next position; returns the logits (V,) for the token after it
         (or None with logits=False: the prompt's tokens but the last need only their keys and values)."""
-        model, ops, P, A = self.model, self.model.ops, self.model.params, self.acts
-        cfg, pos = model.config, self.pos
-        if pos >= cfg.block_size:
-            raise ValueError(f"the cache is full ({cfg.block_size} positions)")
+        model = self.model
+        if self.pos >= model.config.block_size:
+            raise ValueError(f"the cache is full ({model.config.block_size} positions)")
         idx = np.array([[token]], np.int32)
-        idx = idx if ops.name == "numpy" else device.asarray(idx)
-        ops.encoder_forward(A["x"], idx, P["wte"], P["wpe"][pos:pos + 1])
-        x = A["x"]
-        for l in range(cfg.n_layer):
-            ops.layernorm_forward(A["ln"], A["mean"], A["rstd"], x, P["ln1w"][l], P["ln1b"][l])
-            ops.matmul_forward(A["qkv"], A["ln"], P["qkvw"][l], P["qkvb"][l])
-            ops.kv_cache_forward(A["atty"], self.cache[f"k{l}"], self.cache[f"v{l}"], A["qkv"], pos)
-            ops.matmul_forward(A["attproj"], A["atty"], P["attprojw"][l], P["attprojb"][l])
-            ops.residual_forward(A["res2"], x, A["attproj"])
-            ops.layernorm_forward(A["ln"], A["mean"], A["rstd"], A["res2"], P["ln2w"][l], P["ln2b"][l])
-            ops.matmul_forward(A["fch"], A["ln"], P["fcw"][l], P["fcb"][l])
-            ops.gelu_forward(A["fch_gelu"], A["fch"])
-            ops.matmul_forward(A["fcproj"], A["fch_gelu"], P["fcprojw"][l], P["fcprojb"][l])
-            ops.residual_forward(A["res3"], A["res2"], A["fcproj"])
-            x = A["res3"]  # the next layer reads it before its own last residual overwrites it
+        idx = idx if model.ops.name == "numpy" else device.asarray(idx)
+        row = model.decode_step(self, idx, logits)
         self.pos += 1
-        if not logits:
-            return None
-        ops.layernorm_forward(A["ln"], A["mean"], A["rstd"], x, P["lnfw"], P["lnfb"])
-        ops.matmul_forward(A["logits"], A["ln"], P["wte"], None)
-        return device.asnumpy(A["logits"])[0, 0, :cfg.vocab_size]
+        return None if row is None else device.asnumpy(row)[0, 0, :model.config.vocab_size]
 
     def prefill(self, tokens) -> np.ndarray:
         """Reset and feed the tokens; returns the logits after the last one."""
@@ -143,7 +120,7 @@ def _prompt(model, idx) -> list[int]:
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, use_cache=True,
              stop_token=EOT):
-    """Yield up to max_new_tokens new token ids (see GPT2.generate)."""
+    """Yield up to max_new_tokens new token ids (see LanguageModel.generate)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     check_sampling(temperature, top_k, top_p)

@@ -1,7 +1,9 @@
-"""The memory of a GPT-2 model: its configuration, the shapes of its parameters and activations
-(llm.c's 16 parameter tensors, in its order), and the flat buffers they are carved from."""
+"""The memory of the models: their configurations, the shapes of their parameters and activations
+(GPT-2: llm.c's 16 parameter tensors, in its order; Llama: the same idea for its layers), and the
+flat buffers they are carved from."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -54,6 +56,77 @@ NO_GRADIENT = ("logits", "dlogits", "losses", "lnf_mean", "lnf_rstd", "ln1_mean"
 
 def activation_gradient_shapes(shapes: dict[str, tuple]) -> dict[str, tuple]:
     return {k: s for k, s in shapes.items() if k not in NO_GRADIENT}
+
+
+# ------------------------------------------------------------------------------------------------
+# Llama (helpers/model/llama.py)
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024             # Hugging Face: max_position_embeddings
+    n_layer: int = 12                  # num_hidden_layers
+    n_head: int = 12                   # num_attention_heads
+    n_kv_head: int = 4                 # num_key_value_heads: each serves n_head / n_kv_head query heads
+    n_embd: int = 768                  # hidden_size
+    intermediate_size: int = 2048      # the SwiGLU MLP's width
+    head_dim: int = 0                  # 0: n_embd // n_head (Hugging Face's default)
+    rope_theta: float = 10000.0        # Llama 2; Llama 3 uses 500000
+    rms_norm_eps: float = 1e-6         # Hugging Face LlamaConfig's default
+    tie_embeddings: bool = False       # the output head is the token embedding (tie_word_embeddings)
+
+    def __post_init__(self):
+        for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"LlamaConfig.{k} must be a positive int, got {v!r}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}): each key/value head "
+                             f"serves a group of n_head / n_kv_head query heads")
+        if self.head_dim == 0:
+            if self.n_embd % self.n_head:
+                raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}), or give "
+                                 f"head_dim")
+            object.__setattr__(self, "head_dim", self.n_embd // self.n_head)
+        if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, (int, np.integer)) or self.head_dim < 2 \
+                or self.head_dim % 2:
+            raise ValueError(f"head_dim must be an even int >= 2 (RoPE rotates pairs of channels), got "
+                             f"{self.head_dim!r}")
+        if not (self.rope_theta > 1 and math.isfinite(self.rope_theta)):
+            raise ValueError(f"rope_theta must be a number > 1, got {self.rope_theta!r}")
+        if not (0 < self.rms_norm_eps < 1):
+            raise ValueError(f"rms_norm_eps must be in (0, 1), got {self.rms_norm_eps!r}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // 128) * 128
+
+    @property
+    def qkv_width(self) -> int:
+        """The fused projection's output per token: n_head query heads, n_kv_head key and value heads."""
+        return (self.n_head + 2 * self.n_kv_head) * self.head_dim
+
+
+def llama_parameter_shapes(cfg: LlamaConfig) -> dict[str, tuple]:
+    """The model's tensors, per layer stacked like GPT-2's (out, in) weights; lm_head unless tied."""
+    L, C, Vp, I = cfg.n_layer, cfg.n_embd, cfg.padded_vocab_size, cfg.intermediate_size
+    shapes = {"wte": (Vp, C), "rms1w": (L, C), "qkvw": (L, cfg.qkv_width, C), "attprojw": (L, C, cfg.n_head * cfg.head_dim),
+              "rms2w": (L, C), "fcw": (L, 2 * I, C), "fcprojw": (L, C, I), "rmsfw": (C,)}
+    if not cfg.tie_embeddings:
+        shapes["lm_head"] = (Vp, C)
+    return shapes
+
+
+def llama_activation_shapes(cfg: LlamaConfig, B: int, T: int, attention_version: int) -> dict[str, tuple]:
+    """What the forward pass keeps for the backward pass (the backward's scratch mirrors it)."""
+    L, C, NH, Vp, I = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab_size, cfg.intermediate_size
+    W, Q = cfg.qkv_width, cfg.n_head * cfg.head_dim
+    att = {"att": (L, B, NH, T, T)} if attention_version == 1 else {"lse": (L, B, NH, T)}
+    return {"encoded": (B, T, C), "rms1": (L, B, T, C), "rms1_rstd": (L, B, T), "qkv": (L, B, T, W),
+            "qkvr": (L, B, T, W), "atty": (L, B, T, Q), **att, "attproj": (L, B, T, C), "residual2": (L, B, T, C),
+            "rms2": (L, B, T, C), "rms2_rstd": (L, B, T), "fch": (L, B, T, 2 * I), "fch_swiglu": (L, B, T, I),
+            "fcproj": (L, B, T, C), "residual3": (L, B, T, C), "rmsf": (B, T, C), "rmsf_rstd": (B, T),
+            "logits": (B, T, Vp), "dlogits": (B, T, Vp), "losses": (B, T)}
 
 
 class FlatBuffer:

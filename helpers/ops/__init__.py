@@ -1,4 +1,5 @@
-"""The operations of GPT-2, one module per op, each in the same shape (copy one to add the next).
+"""The operations of GPT-2 and of the Llama family (rmsnorm, rope, swiglu, gqa: notebook 11), one module
+per op, each in the same shape (copy one to add the next).
 
 An op `x` is two files, `cuda/x.cu` (the kernels, versions numbered 1, 2, ... like llm.c's
 dev/cuda) and `helpers/ops/x.py`, which holds, in this order:
@@ -6,7 +7,9 @@ dev/cuda) and `helpers/ops/x.py`, which holds, in this order:
 - a docstring with the math, the shapes, and a last line
   `Kernels: cuda/x.cu · notebook: notebooks/NN_x.ipynb · tests: tests/test_op_x.py`;
 - `VERSIONS = {"forward": {1: "one line", 2: ...}, "backward": {...}}`: the op's steps (forward and
-  backward; an op that nothing differentiates has only "forward", AdamW's step is "update") and,
+  backward; an op that nothing differentiates has only "forward", AdamW's step is "update", and
+  grouped-query attention adds "decode", generation's cached step, whose wrapper takes its output
+  first as forward's does) and,
   per step, one line per kernel version. The kernels are named `x_<step><N>`, with a `_part`
   suffix when a version takes several launches (the classifier, AdamW and the global norm keep
   llm.c's names: fused_classifier3, adamw2, global_norm3; their VERSIONS say which is which);

@@ -59,6 +59,21 @@ def shape_of(a) -> tuple:
     return tuple(int(s) for s in a.shape)
 
 
+def rows_and_channels(kernel: str, x) -> tuple[int, int]:
+    """N, C of a row-wise op's input x (..., C): N = the product of the leading axes, each row C
+    channels (layernorm, rmsnorm); both at least 1 and, as the kernels count them in int, below 2^31."""
+    check_array(kernel, "x", x)
+    shape = shape_of(x)
+    if len(shape) < 1:
+        raise ValueError(f"{kernel}: x must have at least one axis (the C channels), got a scalar")
+    C = shape[-1]
+    N = int(np.prod(shape[:-1], dtype=np.int64))
+    if C < 1 or N < 1:
+        raise ValueError(f"{kernel}: needs at least one row of at least one channel, got x of shape {shape}")
+    check_int32(kernel, N=N, C=C)
+    return N, C
+
+
 def check_version(op: str, step: str, version, versions: dict) -> None:
     """`version` must be one of versions[step] (an op's VERSIONS)."""
     if step not in versions:

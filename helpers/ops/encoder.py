@@ -7,6 +7,9 @@ embeddings, T <= maxT; out (B, T, C). Backward (accumulating, see helpers.ops):
 
     dwte[idx[b, t], :] += dout[b, t, :]        dwpe[t, :] += dout[b, t, :]      for every (b, t)
 
+A model without learned positions (Llama, whose positions enter through RoPE) passes wpe = None,
+and dwpe = None to the backward.
+
 Kernels: cuda/encoder.cu · notebook: notebooks/01_encoder.ipynb · tests: tests/test_op_encoder.py
 """
 from __future__ import annotations
@@ -36,9 +39,9 @@ BLOCK_SIZE = 256
 # NumPy reference
 # ------------------------------------------------------------------------------------------------
 def encoder_forward(idx, wte, wpe):
-    """out[b, t] = wte[idx[b, t]] + wpe[t]; the dtype of wte and wpe (float32, or float64)."""
+    """out[b, t] = wte[idx[b, t]] + wpe[t] (wpe None: no positions); the dtype of wte and wpe."""
     B, T = idx.shape
-    return wte[idx] + wpe[:T]  # (B, T, C) + (T, C), broadcast over b
+    return wte[idx] if wpe is None else wte[idx] + wpe[:T]  # (B, T, C) + (T, C), broadcast over b
 
 
 def encoder_backward(dwte, dwpe, dout, idx):
@@ -49,7 +52,7 @@ def encoder_backward(dwte, dwpe, dout, idx):
     order of the positions (b, t) in memory."""
     B, T, C = dout.shape
     np.add.at(dwte, idx, dout)
-    for b in range(B):
+    for b in range(B if dwpe is not None else 0):
         dwpe[:T] += dout[b]
 
 
@@ -66,10 +69,16 @@ def _check_shapes(kernel, names, table, pos_table, activ, idx):
     table_name, pos_name, activ_name = names
     check_array(kernel, "idx", idx, 2, np.int32)
     check_array(kernel, table_name, table, 2)
-    check_array(kernel, pos_name, pos_table, 2)
     check_array(kernel, activ_name, activ, 3)
     B, T = shape_of(idx)
     V, C = shape_of(table)
+    if pos_table is None:  # no learned positions (Llama)
+        check_int32(kernel, **{"B*T*C": B * T * C, "V*C": V * C})
+        if shape_of(activ) != (B, T, C):
+            raise ValueError(f"{kernel}: `{activ_name}` must be (B, T, C) = {(B, T, C)} for idx {shape_of(idx)} "
+                             f"and C={C}, got {shape_of(activ)}")
+        return B, T, C, V, T
+    check_array(kernel, pos_name, pos_table, 2)
     maxT, Cp = shape_of(pos_table)
     if Cp != C:
         raise ValueError(f"{kernel}: `{table_name}` {shape_of(table)} and `{pos_name}` {shape_of(pos_table)} must "
@@ -132,18 +141,20 @@ def _backward_launches(dwte, dwpe, dout, idx, *, version, idx_host=None):
         idx_host = device.asnumpy(idx)  # on a GPU: a copy back to the host, after all queued work
     bucket_token, bucket_start, bucket_pos = (device.asarray(a) for a in token_buckets(idx_host))
     num_buckets = int(bucket_token.shape[0])
-    return [Launch(fn("encoder_backward2_dwpe"), (ceil_div(T * C, BLOCK_SIZE),), (BLOCK_SIZE,), (dwpe, dout, B, T, C)),
-            Launch(fn("encoder_backward2_dwte"), (ceil_div(num_buckets * C, BLOCK_SIZE),), (BLOCK_SIZE,),
-                   (dwte, dout, bucket_token, bucket_start, bucket_pos, num_buckets, C))]
+    dwpe_launch = [] if dwpe is None else [
+        Launch(fn("encoder_backward2_dwpe"), (ceil_div(T * C, BLOCK_SIZE),), (BLOCK_SIZE,), (dwpe, dout, B, T, C))]
+    return dwpe_launch + [Launch(fn("encoder_backward2_dwte"), (ceil_div(num_buckets * C, BLOCK_SIZE),),
+                                 (BLOCK_SIZE,), (dwte, dout, bucket_token, bucket_start, bucket_pos, num_buckets, C))]
 
 
 def forward(out, idx, wte, wpe, version=2):
-    """out = wte[idx] + wpe[:T] on the device (all arguments device arrays); returns None."""
+    """out = wte[idx] + wpe[:T] on the device (all arguments device arrays; wpe None: out = wte[idx]);
+    returns None."""
     run(launches("forward", out, idx, wte, wpe, version=version))
 
 
 def backward(dwte, dwpe, dout, idx, version=2, *, idx_host=None):
-    """dwte[idx[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] on the device; returns None.
+    """dwte[idx[b,t]] += dout[b,t]; dwpe[t] += dout[b,t] (unless dwpe is None) on the device; returns None.
 
     Version 2 groups the positions by token on the host: it needs idx in host memory. On the CPU
     backend idx is already there. On a GPU, pass `idx_host` (a NumPy copy the caller already has,

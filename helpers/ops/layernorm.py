@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..runtime import device
-from .common import SCRATCH_BYTES, SHARED_MEMORY_LIMIT, Launch, ceil_div, check_array, check_block, check_float4, \
-    check_multiple_of_4, check_version, run, shape_of
+from .common import SCRATCH_BYTES, SHARED_MEMORY_LIMIT, ceil_div, check_array, check_block, check_float4, \
+    check_multiple_of_4, check_version, Launch, rows_and_channels, run, shape_of
 
 EPS = 1e-5
 
@@ -90,18 +90,6 @@ def module():
     return device.load_module("layernorm.cu")
 
 
-def _rows_and_channels(x, kernel):
-    check_array(kernel, "x", x)
-    shape = shape_of(x)
-    if len(shape) < 1:
-        raise ValueError(f"{kernel}: x must have at least one axis (the C channels), got a scalar")
-    C = shape[-1]
-    N = int(np.prod(shape[:-1], dtype=np.int64))
-    if C < 1 or N < 1:
-        raise ValueError(f"{kernel}: needs at least one row of at least one channel, got x of shape {shape}")
-    return N, C
-
-
 def launches(step: str, *args, version: int, **options) -> list[Launch]:
     """The checked launches of `forward` or `backward` (same arguments), in the order they run."""
     check_version("layernorm", step, version, VERSIONS)
@@ -110,7 +98,7 @@ def launches(step: str, *args, version: int, **options) -> list[Launch]:
 
 def _forward_launches(out, mean, rstd, x, weight, bias, *, version, eps=EPS, block_size=None):
     kernel = f"layernorm_forward{version}"
-    N, C = _rows_and_channels(x, kernel)
+    N, C = rows_and_channels(kernel, x)
     rows = shape_of(x)[:-1]
     for name, a, shape in (("out", out, shape_of(x)), ("mean", mean, rows), ("rstd", rstd, rows),
                            ("weight", weight, (C,)), ("bias", bias, (C,))):
@@ -132,7 +120,7 @@ def _forward_launches(out, mean, rstd, x, weight, bias, *, version, eps=EPS, blo
 def _backward_launches(dx, dweight, dbias, dout, x, weight, mean, rstd, *, version, block_size=None,
                        num_blocks=None):
     kernel = f"layernorm_backward{version}"
-    N, C = _rows_and_channels(x, kernel)
+    N, C = rows_and_channels(kernel, x)
     rows = shape_of(x)[:-1]
     for name, a, shape in (("dx", dx, shape_of(x)), ("dout", dout, shape_of(x)), ("dweight", dweight, (C,)),
                            ("dbias", dbias, (C,)), ("weight", weight, (C,)), ("mean", mean, rows),

@@ -1,6 +1,8 @@
-"""Training GPT-2 on tiny Shakespeare: one function for the notebook and the command line.
+"""Training GPT-2 (or a Llama-family model) on tiny Shakespeare: one function for the notebooks and the
+command line.
 
     python -m helpers.train --steps 400 --out-dir runs/shakespeare
+    python -m helpers.train --model llama --steps 400 --out-dir runs/llama
     python -m helpers.train --help
 
 A run: the model (a fresh config, or `--init-from` a Hugging Face directory / hub name / llm.c
@@ -30,7 +32,9 @@ import numpy as np
 from . import data
 from ..runtime import device
 from ..model.checkpoints import atomic_write
+from ..model.base import LanguageModel
 from ..model.gpt2 import GPT2, AdamW, GPT2Config
+from ..model.llama import Llama, LlamaConfig
 from ..ops.global_norm import clip_coefficient
 
 
@@ -46,12 +50,22 @@ def setting(default, help: str, group: str):
 MODEL, DATA, OPTIMISATION, OUTPUT = "model", "data", "optimisation", "evaluation, samples and checkpoints"
 
 
+MODELS = {"gpt2": GPT2, "llama": Llama}
+
+
 @dataclass
 class TrainConfig:
+    model: str = setting("gpt2", "gpt2, or llama (RMSNorm, RoPE, SwiGLU, grouped-query attention; notebook 12)", MODEL)
     n_layer: int = setting(4, "transformer blocks (L)", MODEL)
     n_head: int = setting(4, "attention heads per block (n_embd must be a multiple of it)", MODEL)
     n_embd: int = setting(128, "channels (C), the width of the residual stream", MODEL)
     vocab_size: int = setting(50257, "vocabulary size (GPT-2's tokenizer has 50257 tokens)", MODEL)
+    n_kv_head: int = setting(2, "llama: key/value heads, shared by groups of n_head / n_kv_head query heads", MODEL)
+    intermediate_size: int = setting(0, "llama: the SwiGLU MLP's width (0: the width that gives a block as many "
+                                        "parameters as GPT-2's block of the same n_embd)", MODEL)
+    rope_theta: float = setting(10000.0, "llama: RoPE's base (Llama 2: 10000, Llama 3: 500000)", MODEL)
+    tie_embeddings: bool = setting(True, "llama: the output head is the token embedding, as in GPT-2 "
+                                         "(--no-tie-embeddings: an output head of its own, as in Llama)", MODEL)
     init_from: str | None = setting(None, "start from trained weights instead of a fresh model: a Hugging Face "
                                           "directory or hub name (e.g. gpt2), or llm.c's gpt2_124M.bin; the model "
                                           "settings above are then ignored", MODEL)
@@ -83,10 +97,13 @@ class TrainConfig:
                                  "over)", OUTPUT)
 
     def validate(self):
-        for k in ("n_layer", "n_head", "n_embd", "vocab_size", "B", "T", "grad_accum", "steps", "val_batches"):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_kv_head", "B", "T", "grad_accum", "steps",
+                  "val_batches"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be at least 1, got {getattr(self, k)}")
-        for k in ("warmup_steps", "val_every", "sample_every", "checkpoint_every", "sample_tokens"):
+        for k in ("intermediate_size", "warmup_steps", "val_every", "sample_every", "checkpoint_every", "sample_tokens"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must not be negative, got {getattr(self, k)}")
         if not 0 <= self.min_lr <= self.lr:
@@ -113,7 +130,8 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 # ------------------------------------------------------------------------------------------------
 FORMAT = "gpt2-cuda-notebooks checkpoint 1"
 # settings that change what a run computes: a run resumes only with the same ones
-TRAJECTORY = ("n_layer", "n_head", "n_embd", "vocab_size", "init_from", "data_path", "train_bin", "val_bin", "B", "T",
+TRAJECTORY = ("model", "n_layer", "n_head", "n_embd", "vocab_size", "n_kv_head", "intermediate_size", "rope_theta",
+              "tie_embeddings", "init_from", "data_path", "train_bin", "val_bin", "B", "T",
               "grad_accum", "seed", "steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip")
 
 
@@ -127,12 +145,13 @@ def tensor_digest(tensors: dict) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: Path, model: GPT2, opt: AdamW, loader: data.DataLoader, step: int, cfg: TrainConfig):
+def save_checkpoint(path: Path, model: LanguageModel, opt: AdamW, loader: data.DataLoader, step: int, cfg: TrainConfig):
     from safetensors import numpy as safetensors_numpy
     tensors = {f"param.{k}": v for k, v in model.state().items()}
     state = opt.state()
     tensors["adamw.m"], tensors["adamw.v"] = state["m"], state["v"]
-    meta = {"step": step, "adamw_t": state["t"], "loader": loader.state(), "model_config": asdict(model.config),
+    meta = {"step": step, "adamw_t": state["t"], "loader": loader.state(), "model": model_name(model),
+            "model_config": asdict(model.config),
             "train_config": asdict(cfg), "format": FORMAT, "tensors_sha256": tensor_digest(tensors)}
     try:
         atomic_write(path, lambda p: safetensors_numpy.save_file(tensors, str(p), metadata={"meta": json.dumps(meta)}))
@@ -166,7 +185,7 @@ def load_checkpoint(path: Path, verify: bool = True):
     return meta, tensors
 
 
-def _check_resumable(path: Path, meta: dict, tensors: dict, model: GPT2, cfg: TrainConfig, loader: data.DataLoader):
+def _check_resumable(path: Path, meta: dict, tensors: dict, model: LanguageModel, cfg: TrainConfig, loader: data.DataLoader):
     """Refuse a checkpoint that this run cannot continue exactly, saying why."""
     restart = "use another out_dir, or --no-resume (resume=False) to start over"
     saved = meta.get("train_config", {})
@@ -216,7 +235,7 @@ def remove_stale_temporaries(out: Path) -> int:
 # ------------------------------------------------------------------------------------------------
 # Sampling during training (notebook 10 has the full sampler with a KV cache)
 # ------------------------------------------------------------------------------------------------
-def sample_text(model: GPT2, enc, n_tokens: int, seed: int = 0, temperature: float = 1.0) -> str:
+def sample_text(model: LanguageModel, enc, n_tokens: int, seed: int = 0, temperature: float = 1.0) -> str:
     """n_tokens of text from <|endoftext|> (top-k 40), going on past the end of each speech (shown as a
     blank line, as in the play): a sample that stopped at the first <|endoftext|> would often be a
     speaker's name alone."""
@@ -235,7 +254,27 @@ def sample_text(model: GPT2, enc, n_tokens: int, seed: int = 0, temperature: flo
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
-def build_model(cfg: TrainConfig, backend: str) -> GPT2:
+def model_name(model: LanguageModel) -> str:
+    return next(name for name, cls in MODELS.items() if isinstance(model, cls))
+
+
+def matching_intermediate_size(n_embd: int, n_head: int, n_kv_head: int) -> int:
+    """The SwiGLU width (a multiple of 4) that gives a Llama block about as many parameters as GPT-2's
+    block of the same width: 12 C^2 (qkv 3C^2, projection C^2, MLP 8C^2) = C*W + C^2 + 3*C*I."""
+    head_dim = n_embd // n_head
+    qkv = (n_head + 2 * n_kv_head) * head_dim * n_embd
+    return max(4, round((12 * n_embd ** 2 - qkv - n_embd * n_head * head_dim) / (3 * n_embd) / 4) * 4)
+
+
+def build_model(cfg: TrainConfig, backend: str) -> LanguageModel:
+    if cfg.model == "llama":
+        if cfg.init_from:
+            return Llama.from_pretrained(cfg.init_from, backend=backend)
+        hidden = cfg.intermediate_size or matching_intermediate_size(cfg.n_embd, cfg.n_head, cfg.n_kv_head)
+        return Llama(LlamaConfig(vocab_size=cfg.vocab_size, block_size=cfg.T, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                 n_kv_head=cfg.n_kv_head, n_embd=cfg.n_embd, intermediate_size=hidden,
+                                 rope_theta=cfg.rope_theta, tie_embeddings=cfg.tie_embeddings),
+                     backend=backend, seed=cfg.seed)
     if cfg.init_from:
         src = Path(cfg.init_from)
         if src.suffix == ".bin":
@@ -245,7 +284,7 @@ def build_model(cfg: TrainConfig, backend: str) -> GPT2:
                            n_embd=cfg.n_embd), backend=backend, seed=cfg.seed)
 
 
-def evaluate(model: GPT2, val_tokens, cfg: TrainConfig, batches: int | None = None) -> float:
+def evaluate(model: LanguageModel, val_tokens, cfg: TrainConfig, batches: int | None = None) -> float:
     """Mean loss over the first val_batches batches of the validation split (always the same ones)."""
     loader = data.DataLoader(val_tokens, cfg.B, cfg.T, shuffle=False)
     count = min(cfg.val_batches if batches is None else batches, loader.n_chunks)
@@ -291,7 +330,7 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"training ({backend} backend)", unit="step")
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"training {cfg.model} ({backend} backend)", unit="step")
     tokens_per_step = cfg.B * cfg.T * cfg.grad_accum
     try:
         for step in range(start, cfg.steps):
@@ -343,13 +382,15 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
     return records
 
 
-def load_trained(path, backend: str = "numpy") -> GPT2:
+def load_trained(path, backend: str = "numpy") -> LanguageModel:
     """The model of a training checkpoint (checkpoint.safetensors, or the run directory holding it)."""
     path = Path(path)
     path = path / "checkpoint.safetensors" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}: train first (notebook 09, or python -m helpers.train)")
     meta, tensors = load_checkpoint(path)
+    if meta.get("model", "gpt2") == "llama":
+        return Llama.from_tensors(LlamaConfig(**meta["model_config"]), _params(tensors), backend=backend)
     return GPT2.from_tensors(GPT2Config(**meta["model_config"]), _params(tensors), backend=backend)
 
 

@@ -1,0 +1,242 @@
+"""What every model here shares, whatever its layers: the backends, the planned memory (parameters,
+gradients and activations each in one flat buffer), token checks, gradients and their norm, loading
+and saving tensors, generation, and AdamW. A model (GPT-2 in gpt2.py, Llama in llama.py) adds its
+configuration, its tensors' shapes, its initialisation, and its forward, backward and decode step.
+
+A model class defines:
+
+    parameter_shapes() -> {name: shape}      activation_shapes(B, T) -> {name: shape}
+    NO_GRADIENT: activations the backward needs no gradient buffer for
+    DECAYED: the parameters AdamW decays (the 2-D weights)
+    PADDED: parameters whose first axis is the vocabulary padded to a multiple of 128
+    init_weights(seed), forward(idx, targets), backward()
+    kv_cache_shapes(), decode_shapes(), decode_step(cache, token, logits): generation (generate.py)
+    save_pretrained(directory), from_pretrained(name_or_path): Hugging Face's layout of the model
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..runtime import device
+from .backends import CudaOps, NumpyOps
+from .generate import generate
+from .layout import FlatBuffer
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:10.1f} MiB"
+
+
+class LanguageModel:
+    NO_GRADIENT: tuple = ()
+    DECAYED: tuple = ()
+    PADDED: tuple = ()
+
+    def __init__(self, config, backend: str = "numpy", seed: int | None = 0, cuda_versions: dict | None = None):
+        self.config = config
+        if backend == "numpy":
+            self.ops = NumpyOps()
+        elif backend == "cuda":
+            self.ops = CudaOps(config, cuda_versions)
+        else:
+            raise ValueError(f"backend must be 'numpy' or 'cuda', got {backend!r}")
+        self.backend = backend
+        self.xp = self.ops.xp
+        self.params = FlatBuffer(self.parameter_shapes(), self.xp)
+        self.grads = None           # allocated at the first backward (zero_grad)
+        self.acts = self.grad_acts = None
+        self.B = self.T = 0
+        self._targets_given = False
+        if seed is not None:
+            self.init_weights(seed)
+
+    # -- what a model defines --------------------------------------------------------------------------
+    def parameter_shapes(self) -> dict[str, tuple]:
+        raise NotImplementedError
+
+    def activation_shapes(self, B: int, T: int) -> dict[str, tuple]:
+        raise NotImplementedError
+
+    def activation_gradient_shapes(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
+        return {k: s for k, s in shapes.items() if k not in self.NO_GRADIENT}
+
+    @property
+    def attention_version(self) -> int:
+        """Which attention the backend runs: version 1 keeps the (T, T) probabilities, 2 and 3 only lse."""
+        return getattr(self.ops, "attention_version", 1)
+
+    # -- weights -------------------------------------------------------------------------------------
+    def load_state(self, tensors: dict[str, np.ndarray]):
+        """Copy tensors in this project's layout into the parameter buffer (the vocabulary tables, PADDED,
+        may have V or the padded Vp rows)."""
+        shapes = self.parameter_shapes()
+        missing = set(shapes) - set(tensors)
+        if missing:
+            raise ValueError(f"checkpoint lacks parameters {sorted(missing)}")
+        for k, shape in shapes.items():
+            t = np.asarray(tensors[k], dtype=np.float32)
+            if k in self.PADDED and t.shape == (self.config.vocab_size, shape[1]):
+                t = np.concatenate([t, np.zeros((shape[0] - t.shape[0], shape[1]), np.float32)])
+            if t.shape != shape:
+                raise ValueError(f"parameter {k} has shape {t.shape}, but the config {self.config} needs {shape}")
+            self.params[k][...] = self.xp.asarray(t)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The parameters as host NumPy arrays (the vocabulary tables with their padded rows)."""
+        return {k: device.asnumpy(v).copy() for k, v in self.params.views.items()}
+
+    def num_parameters(self) -> int:
+        """Parameters of the real model (the padded vocabulary rows not counted), like PyTorch's count."""
+        cfg = self.config
+        padding = (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
+        return sum(self.params.sizes.values()) - padding * sum(k in self.params.views for k in self.PADDED)
+
+    @classmethod
+    def from_tensors(cls, config, tensors: dict, backend: str = "numpy"):
+        """A model of `config` holding `tensors` in this project's layout (checked against the config)."""
+        model = cls(config, backend=backend, seed=None)
+        model.load_state(tensors)
+        return model
+
+    # -- memory ---------------------------------------------------------------------------------------
+    def _plan(self, B: int, T: int):
+        if self.acts is not None and (B, T) == (self.B, self.T):
+            return
+        self.acts = FlatBuffer(self.activation_shapes(B, T), self.xp)
+        self.grad_acts = None
+        self.B, self.T = B, T
+
+    def memory_plan(self, B: int | None = None, T: int | None = None) -> str:
+        """The buffers this model allocates for batches of (B, T), as a table (also printed)."""
+        B, T = B or self.B or 1, T or self.T or self.config.block_size
+        p = sum(int(np.prod(s)) for s in self.parameter_shapes().values()) * 4
+        acts = self.activation_shapes(B, T)
+        a = sum(int(np.prod(s)) for s in acts.values()) * 4
+        da = sum(int(np.prod(s)) for s in self.activation_gradient_shapes(acts).values()) * 4
+        rows = [("parameters", p), ("gradients", p), ("AdamW m", p), ("AdamW v", p), (f"activations (B={B}, T={T})", a),
+                ("activation gradients", da)]
+        lines = [f"memory plan, {type(self).__name__}, {self.backend} backend, {self.num_parameters():,} parameters"]
+        lines += [f"  {name:<30}{_mib(n)}" for name, n in rows]
+        lines.append(f"  {'total':<30}{_mib(sum(n for _, n in rows))}")
+        text = "\n".join(lines)
+        print(text)
+        return text
+
+    # -- tokens ---------------------------------------------------------------------------------------
+    def _check_tokens(self, name, ids, shape=None):
+        a = np.asarray(device.asnumpy(ids))
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer token ids, got dtype {a.dtype}")
+        if a.ndim == 1:
+            a = a[None, :]
+        if a.ndim != 2:
+            raise ValueError(f"{name} must have shape (B, T), got {a.shape}")
+        if shape is not None and a.shape != shape:
+            raise ValueError(f"{name} has shape {a.shape} but idx has {shape}")
+        if a.shape[1] > self.config.block_size:
+            raise ValueError(f"sequence length T={a.shape[1]} is longer than the model's block_size="
+                             f"{self.config.block_size}; crop the input to the last {self.config.block_size} tokens")
+        if a.size and (a.min() < 0 or a.max() >= self.config.vocab_size):
+            bad = a[(a < 0) | (a >= self.config.vocab_size)][0]
+            raise ValueError(f"{name} contains token id {int(bad)}, outside the vocabulary [0, {self.config.vocab_size})")
+        return np.ascontiguousarray(a, dtype=np.int32)
+
+    def _start_forward(self, idx, targets):
+        """The checked token ids, the planned buffers for their (B, T), idx on the device."""
+        idx = self._check_tokens("idx", idx)
+        if targets is not None:
+            targets = self._check_tokens("targets", targets, idx.shape)
+        self._plan(*idx.shape)
+        self._idx_host = idx
+        self._idx = idx if self.ops.name == "numpy" else device.asarray(idx)
+        return idx, targets
+
+    def _loss(self, targets):
+        """The classifier on the last forward's logits: the mean loss, and dlogits for the backward."""
+        cfg, A = self.config, self.acts
+        self._targets_given = targets is not None
+        if targets is None:
+            return None
+        self._targets = targets if self.ops.name == "numpy" else device.asarray(targets)
+        self.ops.classifier(A["losses"], A["dlogits"], A["logits"], self._targets, cfg.vocab_size,
+                            1.0 / (self.B * self.T))
+        return float(device.asnumpy(A["losses"]).astype(np.float64).mean())
+
+    # -- gradients ------------------------------------------------------------------------------------
+    def zero_grad(self):
+        if self.grads is None:
+            self.grads = FlatBuffer(self.parameter_shapes(), self.xp)
+        else:
+            self.grads.memory[...] = 0
+
+    def _start_backward(self):
+        """The gradient buffers of a backward pass: parameters' (accumulating) and activations' (zeroed)."""
+        if not self._targets_given:
+            raise RuntimeError("backward() needs a forward(idx, targets) with targets first")
+        if self.grads is None:
+            self.zero_grad()
+        if self.grad_acts is None:
+            self.grad_acts = FlatBuffer(self.activation_gradient_shapes(self.acts.shapes), self.xp)
+        self.grad_acts.memory[...] = 0
+        return self.grads, self.grad_acts
+
+    def grad_norm(self) -> float:
+        """The global L2 norm of all gradients (deterministic on both backends)."""
+        if self.grads is None:
+            raise RuntimeError("no gradients yet: call backward() first")
+        return math.sqrt(self.ops.norm_squared(self.grads.memory))
+
+    # -- generation -----------------------------------------------------------------------------------
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
+                 stop_token: int | None = 50256):
+        """Yield new token ids one at a time, continuing idx (a (T,) or (1, T) array of token ids).
+
+        temperature 0 is greedy; top_k / top_p restrict the choice to the most likely tokens; a seed
+        makes the sample reproducible. Stops at `stop_token` (<|endoftext|>; None: never, the token is
+        yielded like any other) or after max_new_tokens. With the key/value
+        cache (default) each token costs one position's work; a prompt longer than the context is cropped
+        to its last block_size tokens (with a warning), and when the context fills up the cache
+        restarts from the last half of it."""
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_token)
+
+
+# ------------------------------------------------------------------------------------------------
+# Optimizer
+# ------------------------------------------------------------------------------------------------
+class AdamW:
+    """PyTorch's AdamW over the model's flat buffers. Weight decay applies to the model's DECAYED
+    tensors only (the embeddings and the matmul weights), not to biases and normalisation weights:
+    GPT-2 practice, as in nanoGPT and llm.c. `lr` may be changed before each step (a schedule)."""
+
+    def __init__(self, model: LanguageModel, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        if not lr >= 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or not eps > 0 or not weight_decay >= 0:
+            raise ValueError(f"invalid AdamW hyperparameters lr={lr}, betas={betas}, eps={eps}, "
+                             f"weight_decay={weight_decay}")
+        self.model, self.lr, self.betas, self.eps, self.weight_decay = model, lr, tuple(betas), eps, weight_decay
+        self.m = FlatBuffer(model.parameter_shapes(), model.xp)
+        self.v = FlatBuffer(model.parameter_shapes(), model.xp)
+        self.t = 0
+
+    def step(self, grad_scale: float = 1.0):
+        """One update with the current gradients (times grad_scale, the clipping coefficient)."""
+        model = self.model
+        if model.grads is None:
+            raise RuntimeError("no gradients: call model.backward() before optimizer.step()")
+        self.t += 1
+        for k in model.params.views:
+            wd = self.weight_decay if k in model.DECAYED else 0.0
+            model.ops.adamw(model.params[k].reshape(-1), model.grads[k].reshape(-1), self.m[k].reshape(-1),
+                            self.v[k].reshape(-1), self.t, self.lr, self.betas[0], self.betas[1], self.eps, wd,
+                            grad_scale)
+
+    def state(self) -> dict:
+        return {"t": self.t, "m": device.asnumpy(self.m.memory).copy(), "v": device.asnumpy(self.v.memory).copy()}
+
+    def load_state(self, state: dict):
+        self.t = int(state["t"])
+        self.m.memory[...] = self.model.xp.asarray(state["m"])
+        self.v.memory[...] = self.model.xp.asarray(state["v"])
