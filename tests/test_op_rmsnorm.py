@@ -432,3 +432,28 @@ def test_compiles_for_the_gpu_without_spills():
                                         "rmsnorm_backward1_dx", "rmsnorm_backward1_dweight", "rmsnorm_backward2",
                                         "rmsnorm_backward2_reduce"}
     assert not any(r.spills for r in rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# The exercise of notebooks/11_llama_ops.ipynb: the residual add fused into RMSNorm
+# ------------------------------------------------------------------------------------------------
+SOLUTION = CUDA_DIR.parent / "notebooks" / "solutions" / "11_residual_rmsnorm.cu"
+
+
+@pytest.mark.parametrize("N, C", [(37, 50), (1, 1), (5, 1600), (64, 33)])
+def test_solution_of_the_exercise(N, C):
+    """residual = a + b exactly (one float32 addition, as NumPy's), then RMSNorm within the forward's
+    bound of the module docstring (the same roundings as forward2's); race-free."""
+    rng = np.random.default_rng(N + C)
+    a, b = rng.standard_normal((N, C)).astype(np.float32), rng.standard_normal((N, C)).astype(np.float32)
+    w = (1 + 0.5 * rng.standard_normal(C)).astype(np.float32)
+    fn = device.load_module(SOLUTION).get_function("residual_rmsnorm_forward")
+    res, out, rstd = device.empty((N, C)), device.empty((N, C)), device.empty(N)
+    args = (res, out, rstd, device.asarray(a), device.asarray(b), device.asarray(w), N, C, np.float32(1e-5))
+    grid = (helpers.ceil_div(N, 4),)
+    fn(grid, (128,), args)
+    assert np.array_equal(device.asnumpy(res), a + b)
+    ref_out, ref_rstd = R.rmsnorm_forward(f64(a + b), f64(w), eps=1e-5)
+    helpers.check("fused out", out, ref_out, **forward_tol(C))
+    helpers.check("fused rstd", rstd, ref_rstd, **forward_tol(C))
+    device.racecheck(fn, grid, (128,), args)

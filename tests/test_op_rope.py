@@ -15,15 +15,20 @@ inputs and the same float32 tables, so the tables contribute no error to a kerne
   plus u |d0 + t| from the addition, so |error| <= u (3 S_g + |d0|) (1 + 3u) (value heads: u |d0 + g|,
   below the same bound). atol = that bound's maximum.
 """
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
+import transformers
 from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 import helpers
 from helpers import device
 from helpers.ops import rope
+from helpers.runtime.cuda_source import REPO_ROOT
 from helpers.teaching import gradcheck
 from support import f64, oversized
 
@@ -540,3 +545,39 @@ def test_versions_are_described_and_version2_is_the_default():
     for step in ("forward", "backward"):
         assert sorted(rope.VERSIONS[step]) == [1, 2]
         assert inspect.signature(getattr(rope, step)).parameters["version"].default == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Other frequencies, same kernels: the exercise of notebooks/12_llama_model.ipynb (Llama 3.1)
+# ------------------------------------------------------------------------------------------------
+def test_frequencies_take_given_inverse_frequencies():
+    inv = np.array([1.0, 0.25, 0.01], np.float32)
+    cos, sin = rope.frequencies(6, 5, inv_freq=inv)
+    angles = np.arange(5, dtype=np.float32)[:, None] * inv[None, :]
+    assert np.array_equal(cos, np.cos(angles.astype(np.float64)).astype(np.float32))
+    assert np.array_equal(sin, np.sin(angles.astype(np.float64)).astype(np.float32))
+    assert np.array_equal(rope.frequencies(8, 4)[0], rope.frequencies(8, 4, inv_freq=rope.inverse_frequencies(8))[0])
+    with pytest.raises(ValueError, match=r"inv_freq must hold head_size // 2 = 3 values, got shape \(4,\)"):
+        rope.frequencies(6, 5, inv_freq=np.ones(4))
+
+
+@pytest.mark.parametrize("head_dim, factor, original", [(128, 8.0, 8192), (64, 4.0, 8), (10, 2.0, 32)])
+def test_llama3_solution_matches_hugging_face(head_dim, factor, original):
+    """notebooks/solutions/12_llama3_rope.py against transformers' own llama3 frequencies. Theirs are
+    float32 arithmetic on float32 inv_freq, ours float64 rounded once: within a few float32 ulps."""
+    path = REPO_ROOT / "notebooks" / "solutions" / "12_llama3_rope.py"
+    spec = importlib.util.spec_from_file_location("llama3_rope", path)
+    solution = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(solution)
+    theta = 500000.0
+    scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": original, "rope_theta": theta}
+    key = "rope_parameters" if int(transformers.__version__.split(".")[0]) >= 5 else "rope_scaling"
+    cfg = LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2, rope_theta=theta,
+                      max_position_embeddings=4 * original, **{key: scaling})
+    theirs = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")[0].numpy()
+    ours = solution.llama3_inverse_frequencies(rope.inverse_frequencies(head_dim, theta), factor=factor,
+                                               original_context=original)
+    assert ours.dtype == np.float32 and ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=4 * np.finfo(np.float32).eps, atol=0)
+    assert not np.allclose(ours, rope.inverse_frequencies(head_dim, theta)), "some frequencies must change"
