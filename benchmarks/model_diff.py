@@ -3,6 +3,7 @@ commits, from `git diff --numstat` (the numbers `git diff --stat` shows, grouped
 modules the lines of the NumPy references apart from the launch wrappers.
 
     python benchmarks/model_diff.py 64a8712 HEAD      # issue 14: the Llama family (cuda/README.md's recipe)
+    python benchmarks/model_diff.py BASE HEAD --exclude cuda/bf16.cuh      # leave out files of other work
 
 Notebooks are counted twice: as the JSON lines git sees, and as the lines of their cells' sources.
 """
@@ -34,12 +35,20 @@ def reference_lines(text: str) -> int:
 
 
 def main(argv=None):
-    base, head = (argv or sys.argv[1:] or ["HEAD~1", "HEAD"])[:2]
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("base", nargs="?", default="HEAD~1")
+    parser.add_argument("head", nargs="?", default="HEAD")
+    parser.add_argument("--exclude", nargs="*", default=[], help="paths to leave out")
+    args = parser.parse_args(argv)
+    base, head = args.base, args.head
     rows = defaultdict(lambda: [0, 0, 0])   # layer -> files, added, removed
     new_ops, notebook_cells = [], 0
     new_files = set(git("diff", "--name-only", "--diff-filter=A", base, head).split())
     for line in git("diff", "--numstat", base, head).splitlines():
         added, removed, path = line.split("\t")
+        if path in args.exclude:
+            continue
         layer = next(name for name, pattern in LAYERS if re.match(pattern, path))
         row = rows[layer]
         row[0] += 1
@@ -50,7 +59,8 @@ def main(argv=None):
         if path.endswith(".ipynb") and path in new_files:
             cells = json.loads(git("show", f"{head}:{path}"))["cells"]
             notebook_cells += sum(len(c["source"]) for c in cells)
-    print(f"git diff --numstat {base} {head}, by layer")
+    excluded = f" (leaving out {', '.join(args.exclude)})" if args.exclude else ""
+    print(f"git diff --numstat {base} {head}, by layer{excluded}")
     print(f"{'layer':<32}{'files':>6}{'added':>8}{'removed':>9}")
     for name, _ in LAYERS:
         if name in rows:
