@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import ml_dtypes
 import numpy as np
 
 from ..runtime import device
@@ -94,6 +95,15 @@ def device_arrays(kernel: str, **arrays) -> None:
                          f"{type(a).__module__}.{type(a).__name__}; {hint}")
 
 
+#: The storage type of the bf16 kernel versions: ml_dtypes' bfloat16 (NumPy's extension type; the CPU
+#: backend and CuPy >= 14 take arrays of it for `__nv_bfloat16*`).
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def is_bf16(a) -> bool:
+    return a is not None and a.dtype == BF16
+
+
 def check_array(kernel: str, name: str, a, ndim: int | None = None, dtype=np.float32, shape=None) -> None:
     """A clear ValueError unless `a` is a device array with ndim dimensions (or exactly `shape`),
     the dtype, and C-contiguous memory. `None` is refused: pass a required array."""
@@ -106,7 +116,10 @@ def check_array(kernel: str, name: str, a, ndim: int | None = None, dtype=np.flo
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{kernel}: `{name}` must have {ndim} dimensions, got shape {shape_of(a)}")
     if a.dtype != dtype:
-        raise ValueError(f"{kernel}: `{name}` must be {np.dtype(dtype).name}, got {a.dtype}")
+        hint = (" (a bf16 array: the bf16 versions take it, their VERSIONS lines start with \"bf16:\")"
+                if a.dtype == BF16 else " (use a bf16 version's float32 counterpart, or .astype(ml_dtypes.bfloat16))"
+                if dtype == BF16 else "")
+        raise ValueError(f"{kernel}: `{name}` must be {np.dtype(dtype).name}, got {a.dtype}{hint}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{kernel}: `{name}` must be C-contiguous (xp.ascontiguousarray)")
 
@@ -128,6 +141,23 @@ def check_float4(kernel: str, fallback: str, **arrays) -> None:
             raise ValueError(f"{kernel} loads float4: `{name}` must start at a 16-byte aligned address, but it "
                              f"starts {address(a) % FLOAT4_BYTES} bytes past one (a view such as x[1:]?); pass a "
                              f"fresh array (device.asarray(x.copy())) or use {fallback}")
+
+
+def check_16_byte_aligned(kernel: str, fallback: str, **arrays) -> None:
+    """Arrays a kernel reads or writes 16 bytes at a time (8 bf16 values, llm.c's Packed128) must start at
+    a 16-byte aligned address, as for float4 (check_float4)."""
+    device_arrays(kernel, **arrays)
+    for name, a in arrays.items():
+        if a is not None and address(a) % FLOAT4_BYTES:
+            raise ValueError(f"{kernel} loads 16 bytes at a time: `{name}` must start at a 16-byte aligned address, but "
+                             f"it starts {address(a) % FLOAT4_BYTES} bytes past one (a view such as x[1:]?); pass a "
+                             f"fresh array or use {fallback}")
+
+
+def check_multiple_of(kernel: str, what: str, value: int, k: int, why: str, fallback: str) -> None:
+    """A dimension a kernel splits into groups of k (8 bf16 per 16-byte load, ...) must be a multiple of k."""
+    if value % k:
+        raise ValueError(f"{kernel} {why}: {what} must be a multiple of {k}, got {what}={value} (use {fallback})")
 
 
 def check_multiple_of_4(kernel: str, what: str, value: int, fallback: str) -> None:
