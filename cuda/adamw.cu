@@ -27,6 +27,23 @@
 //     4-byte ones per array: fewer memory instructions, fewer threads). n must be a multiple of 4
 //     and the arrays 16-byte aligned: the wrapper in helpers/ops/adamw.py checks both (every
 //     GPT-2 tensor has a multiple of C elements, and C is a multiple of 4).
+// version 3, adamw3 (bf16, mixed precision as llm.c trains; notebooks/13_precision.ipynb): the
+//     parameters the model computes with are bf16, and a float32 MASTER copy of them is what the
+//     optimizer updates: an update lr * step is often below half a bf16 step of the parameter (2^-8
+//     of it), so updating the bf16 values directly would round most updates away. The master copy,
+//     m and v are updated exactly as version 2 updates params, m and v (the same adamw_element, so
+//     the same float32 bits); the new bf16 parameter is then the master rounded STOCHASTICALLY
+//     (bf16.cuh's to_bf16_stochastic with random_bits(index, seed), index = the element's place in
+//     the arrays): up with probability equal to the fraction that bf16 drops, so the bf16 copy is
+//     right on average and carries no bias from always rounding the same way. The old bf16 parameter
+//     is never read (weight decay uses the master value). Params 2 bytes, the other four arrays 4
+//     bytes each: 18 bytes per parameter instead of 28. Eight parameters per thread: two float4 of
+//     each float32 array and one 16-byte store of eight bf16. n must be a multiple of 8 and every
+//     array 16-byte aligned (the wrapper checks). The seed chooses the roundings, the same bits on
+//     every run and backend (helpers/ops/adamw.py has them in NumPy); pass a new seed at each step
+//     (and for each tensor updated by its own launch), or the same elements round the same way.
+
+#include "bf16.cuh"
 
 // version 1: one thread per parameter, bias corrections with powf in every thread.
 extern "C" __global__ void adamw1(float* params, const float* grads, float* m, float* v, int n, int t,
@@ -86,4 +103,43 @@ extern "C" __global__ void adamw2(float* params, const float* grads, float* m, f
     reinterpret_cast<float4*>(params)[i] = p;
     reinterpret_cast<float4*>(m)[i] = m4;
     reinterpret_cast<float4*>(v)[i] = v4;
+}
+
+// version 3: bf16 parameters, stochastically rounded from float32 master weights that are updated
+// as version 2 updates its parameters. Eight parameters per thread; n % 8 == 0 and all arrays
+// 16-byte aligned (checked by the wrapper). params is only written: the master holds the value.
+extern "C" __global__ void adamw3(__nv_bfloat16* params, float* master, const float* grads, float* m, float* v,
+                                  int n, float lr, float beta1, float beta2, float beta1_correction,
+                                  float beta2_correction, float eps, float weight_decay, float grad_scale,
+                                  unsigned int seed) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;  // index of a group of eight parameters
+    if (i >= n / 8) {
+        return;
+    }
+    bf16x8 out;
+    for (int half = 0; half < 2; half++) {  // two float4 per float32 array: elements 8i .. 8i+3, 8i+4 .. 8i+7
+        int q = 2 * i + half;               // index of the float4
+        float4 p = reinterpret_cast<float4*>(master)[q];
+        float4 g = reinterpret_cast<const float4*>(grads)[q];
+        float4 m4 = reinterpret_cast<float4*>(m)[q];
+        float4 v4 = reinterpret_cast<float4*>(v)[q];
+        p.x = adamw_element(p.x, g.x, &m4.x, &v4.x, lr, beta1, beta2, beta1_correction, beta2_correction, eps,
+                            weight_decay, grad_scale);
+        p.y = adamw_element(p.y, g.y, &m4.y, &v4.y, lr, beta1, beta2, beta1_correction, beta2_correction, eps,
+                            weight_decay, grad_scale);
+        p.z = adamw_element(p.z, g.z, &m4.z, &v4.z, lr, beta1, beta2, beta1_correction, beta2_correction, eps,
+                            weight_decay, grad_scale);
+        p.w = adamw_element(p.w, g.w, &m4.w, &v4.w, lr, beta1, beta2, beta1_correction, beta2_correction, eps,
+                            weight_decay, grad_scale);
+        reinterpret_cast<float4*>(master)[q] = p;
+        reinterpret_cast<float4*>(m)[q] = m4;
+        reinterpret_cast<float4*>(v)[q] = v4;
+        // the random bits of element k are random_bits(k, seed), whichever thread rounds it
+        unsigned int k = 4u * (unsigned int)q;
+        out.v[4 * half + 0] = to_bf16_stochastic(p.x, random_bits(k + 0u, seed));
+        out.v[4 * half + 1] = to_bf16_stochastic(p.y, random_bits(k + 1u, seed));
+        out.v[4 * half + 2] = to_bf16_stochastic(p.z, random_bits(k + 2u, seed));
+        out.v[4 * half + 3] = to_bf16_stochastic(p.w, random_bits(k + 3u, seed));
+    }
+    store_bf16x8(params + 8 * (long)i, out);
 }

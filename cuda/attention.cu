@@ -59,10 +59,23 @@
 //               forward 2 or 3.
 //     Shared memory grows with hs and NW: for hs = 128 and NW = 8, 38 KB (forward) and 43.5 KB
 //     (backward dk/dv); the wrappers check the 48 KB a launch may ask for.
+// version 4, bf16 storage (mixed precision, notebook 13): version 3's tiling and its float32
+//     arithmetic, operation for operation, on bf16 qkv, out, dout and dqkv (cuda/bf16.cuh). Version 3
+//     is the one to extend: it is the fastest, and as each block converts a K/V tile once into its
+//     float32 shared memory for all NW warps, the conversions cost once per tile, not once per
+//     query row as in version 2. Rows move 16 bytes (8 bf16, one bf16x8) at a time, so hs must be a
+//     multiple of 8 and the arrays 16-byte aligned; a result row is rounded once to bf16 when stored
+//     (nearest even), after the warp has written it in float32 to its own shared row, from which
+//     lanes store 8 channels each. dqkv += ... loads the bf16 gradient, adds in float32 and rounds
+//     once. lse, the D scratch (attention_backward4_preprocess, D from the bf16 out) and all
+//     accumulators stay float32; the shared memory is version 3's. Given version 3 the same values
+//     (the bf16 inputs as float32), version 4 computes the same float32 numbers: its outputs are
+//     version 3's rounded to bf16 (the tests check it).
 //
 // Index arithmetic is 32-bit: the wrappers in helpers/ops/attention.py check that every index fits.
 
 #include "common.cuh"  // warp_sum, warp_max
+#include "bf16.cuh"    // version 4: bf16x8, to_float, to_bf16
 
 #define NEG_INF __int_as_float(0xff800000)
 #define MAX_PER_LANE 4  // versions 2 and 3: a lane holds at most 4 channels of a head, so hs <= 4 * 32 = 128
@@ -737,6 +750,375 @@ extern "C" __global__ void attention_backward3_dkdv(float* dqkv, const float* do
                 gk[i] += dk[j] * scale;
                 gv[i] += dv[j];
             }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// version 4: version 3 on bf16 storage (mixed precision), float32 tiles and arithmetic
+// ------------------------------------------------------------------------------------------------
+// The arithmetic of version 3, operation for operation: only the loads and stores change. Rows are
+// read 8 bf16 (16 bytes, one bf16x8) at a time, converted once into the float32 shared-memory tiles,
+// and a result row is rounded once to bf16 when stored. The stores go 16 bytes at a time too: each
+// lane's channels (lane, lane + 32, ...) are not 8 consecutive ones, so the warp first writes its
+// float32 row into its own shared row (the q row, no longer read), then lanes store 8 channels each.
+// HS8 = hs / 8 chunks per head row: hs % 8 == 0 (with C = NH * hs, every row starts on 16 bytes).
+
+// As attention_forward3, with out and qkv in bf16; lse stays float32.
+extern "C" __global__ void attention_forward4(__nv_bfloat16* out, float* lse, const __nv_bfloat16* qkv, int B, int T,
+                                              int C, int NH) {
+    extern __shared__ float smem[];
+    int nw = blockDim.x / 32;
+    int warp = threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    int b = blockIdx.y / NH;
+    int h = blockIdx.y % NH;
+    int hs = C / NH;
+    int hs8 = hs / 8;
+    float scale = 1.0f / sqrtf((float)hs);
+    int t0 = blockIdx.x * nw;
+    int t = t0 + warp;
+    bool active = t < T;
+    int t_last = min(t0 + nw - 1, T - 1);
+    float* Ks = smem;
+    float* Vs = Ks + 32 * (hs + 1);
+    float* Qs = Vs + 32 * hs + warp * hs;
+    float* Ps = Vs + 32 * hs + nw * hs + warp * 32;
+
+    const __nv_bfloat16* q = qkv + (b * T + (active ? t : 0)) * 3 * C + h * hs;
+    for (int c = lane; c < hs8; c += 32) {
+        bf16x8 x = load_bf16x8(q + 8 * c);
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            Qs[8 * c + u] = active ? to_float(x.v[u]) * scale : 0.0f;
+        }
+    }
+    float acc[MAX_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < MAX_PER_LANE; j++) {
+        acc[j] = 0.0f;
+    }
+    float m = NEG_INF, l = 0.0f;
+    for (int k0 = 0; k0 <= t_last; k0 += 32) {
+        __syncthreads();  // everyone is done with the previous tile (and the first time: Qs is written)
+        for (int e = threadIdx.x; e < 32 * hs8; e += blockDim.x) {
+            int j = e / hs8, c = e % hs8;  // consecutive threads load consecutive 16-byte chunks of a row
+            int t2 = k0 + j;
+            bool ok = t2 <= t_last;
+            const __nv_bfloat16* kv = qkv + (b * T + min(t2, t_last)) * 3 * C + C + h * hs + 8 * c;
+            bf16x8 kx = load_bf16x8(kv), vx = load_bf16x8(kv + C);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                Ks[j * (hs + 1) + 8 * c + u] = ok ? to_float(kx.v[u]) : 0.0f;
+                Vs[j * hs + 8 * c + u] = ok ? to_float(vx.v[u]) : 0.0f;
+            }
+        }
+        __syncthreads();  // the tile is complete
+        if (active && k0 <= t) {
+            int t2 = k0 + lane;
+            float s = NEG_INF;
+            if (t2 <= t) {
+                s = 0.0f;
+                for (int i = 0; i < hs; i++) {
+                    s += Qs[i] * Ks[lane * (hs + 1) + i];
+                }
+            }
+            float m_new = fmaxf(m, warp_max(s));
+            float correction = expf(m - m_new);
+            float p = expf(s - m_new);
+            l = l * correction + warp_sum(p);
+            Ps[lane] = p;
+            __syncwarp();
+            int n = min(32, t - k0 + 1);
+#pragma unroll
+            for (int j = 0; j < MAX_PER_LANE; j++) {
+                acc[j] *= correction;
+            }
+            for (int jj = 0; jj < n; jj++) {
+                float pj = Ps[jj];
+#pragma unroll
+                for (int j = 0; j < MAX_PER_LANE; j++) {
+                    int i = lane + 32 * j;
+                    if (i < hs) {
+                        acc[j] += pj * Vs[jj * hs + i];
+                    }
+                }
+            }
+            m = m_new;
+        }
+    }
+    if (active) {
+        float inv_l = 1.0f / l;
+        __syncwarp();  // every lane has read Qs for the last time: it now holds the output row
+#pragma unroll
+        for (int j = 0; j < MAX_PER_LANE; j++) {
+            int i = lane + 32 * j;
+            if (i < hs) {
+                Qs[i] = acc[j] * inv_l;
+            }
+        }
+        __syncwarp();  // the row is complete before lanes read 8 channels each
+        __nv_bfloat16* o = out + (b * T + t) * C + h * hs;
+        for (int c = lane; c < hs8; c += 32) {
+            bf16x8 r;
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                r.v[u] = to_bf16(Qs[8 * c + u]);  // the one rounding of the output
+            }
+            store_bf16x8(o + 8 * c, r);
+        }
+        if (lane == 0) {
+            lse[(b * NH + h) * T + t] = m + logf(l);
+        }
+    }
+}
+
+// As attention_backward2_preprocess, D = dy_t . out_t from bf16 dout and out, summed in float32 in
+// the same channel order. One thread per row.
+extern "C" __global__ void attention_backward4_preprocess(float* D, const __nv_bfloat16* dout,
+                                                          const __nv_bfloat16* out, int B, int T, int C, int NH) {
+    int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= B * NH * T) {
+        return;
+    }
+    int t = row % T;
+    int h = (row / T) % NH;
+    int b = row / (NH * T);
+    int hs = C / NH;
+    const __nv_bfloat16* dy = dout + (b * T + t) * C + h * hs;
+    const __nv_bfloat16* o = out + (b * T + t) * C + h * hs;
+    float d = 0.0f;
+    for (int c = 0; c < hs / 8; c++) {
+        bf16x8 a = load_bf16x8(dy + 8 * c), y = load_bf16x8(o + 8 * c);
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            d += to_float(a.v[u]) * to_float(y.v[u]);
+        }
+    }
+    D[row] = d;
+}
+
+// As attention_backward3_dq, with dqkv (+=), dout and qkv in bf16. At the end the warp's dq row goes
+// through its Qs row, and dqkv is updated 8 channels at a time: load bf16, add in float32, round once.
+extern "C" __global__ void attention_backward4_dq(__nv_bfloat16* dqkv, const __nv_bfloat16* dout,
+                                                  const __nv_bfloat16* qkv, const float* lse, const float* D, int B,
+                                                  int T, int C, int NH) {
+    extern __shared__ float smem[];
+    int nw = blockDim.x / 32;
+    int warp = threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    int b = blockIdx.y / NH;
+    int h = blockIdx.y % NH;
+    int hs = C / NH;
+    int hs8 = hs / 8;
+    float scale = 1.0f / sqrtf((float)hs);
+    int t0 = blockIdx.x * nw;
+    int t = t0 + warp;
+    bool active = t < T;
+    int t_last = min(t0 + nw - 1, T - 1);
+    float* Ks = smem;
+    float* Vs = Ks + 32 * (hs + 1);
+    float* Qs = Vs + 32 * (hs + 1) + warp * hs;
+    float* dYs = Vs + 32 * (hs + 1) + nw * hs + warp * hs;
+    float* DSs = Vs + 32 * (hs + 1) + 2 * nw * hs + warp * 32;
+
+    int tq = active ? t : 0;
+    const __nv_bfloat16* q = qkv + (b * T + tq) * 3 * C + h * hs;
+    const __nv_bfloat16* dy = dout + (b * T + tq) * C + h * hs;
+    for (int c = lane; c < hs8; c += 32) {
+        bf16x8 qx = load_bf16x8(q + 8 * c), dx = load_bf16x8(dy + 8 * c);
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            Qs[8 * c + u] = active ? to_float(qx.v[u]) * scale : 0.0f;
+            dYs[8 * c + u] = active ? to_float(dx.v[u]) : 0.0f;
+        }
+    }
+    float lse_t = active ? lse[(b * NH + h) * T + t] : 0.0f;
+    float D_t = active ? D[(b * NH + h) * T + t] : 0.0f;
+    float dq[MAX_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < MAX_PER_LANE; j++) {
+        dq[j] = 0.0f;
+    }
+    for (int k0 = 0; k0 <= t_last; k0 += 32) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < 32 * hs8; e += blockDim.x) {
+            int j = e / hs8, c = e % hs8;
+            int t2 = k0 + j;
+            bool ok = t2 <= t_last;
+            const __nv_bfloat16* kv = qkv + (b * T + min(t2, t_last)) * 3 * C + C + h * hs + 8 * c;
+            bf16x8 kx = load_bf16x8(kv), vx = load_bf16x8(kv + C);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                Ks[j * (hs + 1) + 8 * c + u] = ok ? to_float(kx.v[u]) : 0.0f;
+                Vs[j * (hs + 1) + 8 * c + u] = ok ? to_float(vx.v[u]) : 0.0f;
+            }
+        }
+        __syncthreads();
+        if (active && k0 <= t) {
+            int t2 = k0 + lane;
+            float ds = 0.0f;
+            if (t2 <= t) {
+                float s = 0.0f, dp = 0.0f;
+                for (int i = 0; i < hs; i++) {
+                    s += Qs[i] * Ks[lane * (hs + 1) + i];
+                    dp += dYs[i] * Vs[lane * (hs + 1) + i];
+                }
+                ds = expf(s - lse_t) * (dp - D_t);
+            }
+            DSs[lane] = ds;
+            __syncwarp();
+            int n = min(32, t - k0 + 1);
+            for (int jj = 0; jj < n; jj++) {
+                float dsj = DSs[jj];
+#pragma unroll
+                for (int j = 0; j < MAX_PER_LANE; j++) {
+                    int i = lane + 32 * j;
+                    if (i < hs) {
+                        dq[j] += dsj * Ks[jj * (hs + 1) + i];
+                    }
+                }
+            }
+        }
+    }
+    if (active) {
+        __syncwarp();  // Qs is read for the last time: it now holds the warp's dq row
+#pragma unroll
+        for (int j = 0; j < MAX_PER_LANE; j++) {
+            int i = lane + 32 * j;
+            if (i < hs) {
+                Qs[i] = dq[j];
+            }
+        }
+        __syncwarp();
+        __nv_bfloat16* g = dqkv + (b * T + t) * 3 * C + h * hs;
+        for (int c = lane; c < hs8; c += 32) {
+            bf16x8 x = load_bf16x8(g + 8 * c);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                x.v[u] = to_bf16(to_float(x.v[u]) + Qs[8 * c + u] * scale);  // += in float32, one rounding
+            }
+            store_bf16x8(g + 8 * c, x);
+        }
+    }
+}
+
+// As attention_backward3_dkdv, with dqkv (+=), dout and qkv in bf16; the warp's dk and dv rows go
+// through its Kw and Vw rows for the 16-byte read-modify-writes of dqkv.
+extern "C" __global__ void attention_backward4_dkdv(__nv_bfloat16* dqkv, const __nv_bfloat16* dout,
+                                                    const __nv_bfloat16* qkv, const float* lse, const float* D, int B,
+                                                    int T, int C, int NH) {
+    extern __shared__ float smem[];
+    int nw = blockDim.x / 32;
+    int warp = threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    int b = blockIdx.y / NH;
+    int h = blockIdx.y % NH;
+    int hs = C / NH;
+    int hs8 = hs / 8;
+    float scale = 1.0f / sqrtf((float)hs);
+    int t0 = blockIdx.x * nw;
+    int t2 = t0 + warp;
+    bool active = t2 < T;
+    float* Qs = smem;
+    float* dYs = Qs + 32 * (hs + 1);
+    float* Ls = dYs + 32 * (hs + 1);
+    float* Ds = Ls + 32;
+    float* Kw = Ds + 32 + warp * hs;
+    float* Vw = Ds + 32 + nw * hs + warp * hs;
+    float* Ps = Ds + 32 + 2 * nw * hs + warp * 32;
+    float* DSs = Ds + 32 + 2 * nw * hs + nw * 32 + warp * 32;
+
+    const __nv_bfloat16* k = qkv + (b * T + (active ? t2 : 0)) * 3 * C + C + h * hs;
+    for (int c = lane; c < hs8; c += 32) {
+        bf16x8 kx = load_bf16x8(k + 8 * c), vx = load_bf16x8(k + C + 8 * c);
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            Kw[8 * c + u] = active ? to_float(kx.v[u]) * scale : 0.0f;
+            Vw[8 * c + u] = active ? to_float(vx.v[u]) : 0.0f;
+        }
+    }
+    const float* lse_bh = lse + (b * NH + h) * T;
+    const float* D_bh = D + (b * NH + h) * T;
+    float dk[MAX_PER_LANE], dv[MAX_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < MAX_PER_LANE; j++) {
+        dk[j] = 0.0f;
+        dv[j] = 0.0f;
+    }
+    for (int q0 = t0; q0 < T; q0 += 32) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < 32 * hs8; e += blockDim.x) {
+            int j = e / hs8, c = e % hs8;
+            int tq = min(q0 + j, T - 1);
+            bool ok = q0 + j < T;
+            bf16x8 qx = load_bf16x8(qkv + (b * T + tq) * 3 * C + h * hs + 8 * c);
+            bf16x8 dx = load_bf16x8(dout + (b * T + tq) * C + h * hs + 8 * c);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                Qs[j * (hs + 1) + 8 * c + u] = ok ? to_float(qx.v[u]) : 0.0f;
+                dYs[j * (hs + 1) + 8 * c + u] = ok ? to_float(dx.v[u]) : 0.0f;
+            }
+        }
+        if (threadIdx.x < 32) {
+            int tq = min(q0 + (int)threadIdx.x, T - 1);
+            bool ok = q0 + (int)threadIdx.x < T;
+            Ls[threadIdx.x] = ok ? lse_bh[tq] : 0.0f;
+            Ds[threadIdx.x] = ok ? D_bh[tq] : 0.0f;
+        }
+        __syncthreads();
+        if (active && q0 + 31 >= t2) {
+            int t = q0 + lane;
+            float p = 0.0f, ds = 0.0f;
+            if (t >= t2 && t < T) {
+                float s = 0.0f, dp = 0.0f;
+                for (int i = 0; i < hs; i++) {
+                    s += Qs[lane * (hs + 1) + i] * Kw[i];
+                    dp += dYs[lane * (hs + 1) + i] * Vw[i];
+                }
+                p = expf(s - Ls[lane]);
+                ds = p * (dp - Ds[lane]);
+            }
+            Ps[lane] = p;
+            DSs[lane] = ds;
+            __syncwarp();
+            int first = max(0, t2 - q0);
+            int last = min(32, T - q0);
+            for (int jj = first; jj < last; jj++) {
+                float pj = Ps[jj], dsj = DSs[jj];
+#pragma unroll
+                for (int j = 0; j < MAX_PER_LANE; j++) {
+                    int i = lane + 32 * j;
+                    if (i < hs) {
+                        dv[j] += pj * dYs[jj * (hs + 1) + i];
+                        dk[j] += dsj * Qs[jj * (hs + 1) + i];
+                    }
+                }
+            }
+        }
+    }
+    if (active) {
+        __syncwarp();  // Kw and Vw are read for the last time: they now hold the warp's dk and dv rows
+#pragma unroll
+        for (int j = 0; j < MAX_PER_LANE; j++) {
+            int i = lane + 32 * j;
+            if (i < hs) {
+                Kw[i] = dk[j];
+                Vw[i] = dv[j];
+            }
+        }
+        __syncwarp();
+        __nv_bfloat16* gk = dqkv + (b * T + t2) * 3 * C + C + h * hs;
+        __nv_bfloat16* gv = gk + C;
+        for (int c = lane; c < hs8; c += 32) {
+            bf16x8 xk = load_bf16x8(gk + 8 * c), xv = load_bf16x8(gv + 8 * c);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                xk.v[u] = to_bf16(to_float(xk.v[u]) + Kw[8 * c + u] * scale);
+                xv.v[u] = to_bf16(to_float(xv.v[u]) + Vw[8 * c + u]);
+            }
+            store_bf16x8(gk + 8 * c, xk);
+            store_bf16x8(gv + 8 * c, xv);
         }
     }
 }

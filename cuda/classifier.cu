@@ -40,6 +40,17 @@
 // version 3, fused_classifier3: version 2 with float4 loads and stores: each thread moves four
 //     columns with one 16-byte instruction, a quarter of the memory instructions. The rows must
 //     start on 16 bytes: Vp must be a multiple of 4 (llm.c's Vp = 50304 = 393 * 128 is).
+// version 4, fused_classifier4: bf16 storage (mixed precision, notebook 13): version 3 on bf16 logits
+//     and dlogits (cuda/bf16.cuh), eight columns per 16-byte bf16x8 load and store, so Vp must be a
+//     multiple of 8 (50304 = 6288 * 8 is) and the arrays 16-byte aligned. The softmax, its online
+//     merge and the losses are computed in float32 from the bf16 values (converted exactly), as in
+//     version 3; each gradient is rounded once to bf16 (nearest even) when stored, the losses stay
+//     float32. dlogits is written, may be the logits array (the same argument as version 2's: a
+//     thread reads its 8 columns before it writes them, and no other thread touches them), and its
+//     padded columns get 0. Half the bytes of version 3: the kernel is memory-bound, so about half
+//     the time, and llm.c's in-place (B, T, Vp) buffer is half the size.
+
+#include "bf16.cuh"  // version 4: bf16x8, to_float, to_bf16
 
 #define NEG_INF __int_as_float(0xff800000)  // -infinity (NVRTC has no INFINITY)
 
@@ -233,5 +244,48 @@ extern "C" __global__ void fused_classifier3(float* losses, float* dlogits, cons
         g.z = dlogit(x.z, v + 2, target, m, s, inv_s, dloss, V, &losses[n]);
         g.w = dlogit(x.w, v + 3, target, m, s, inv_s, dloss, V, &losses[n]);
         dx4[c] = g;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// version 4: version 3 on bf16 logits and dlogits, eight columns per 16-byte load and store
+// ------------------------------------------------------------------------------------------------
+
+// As fused_classifier3, eight bf16 columns at a time, float32 inside, losses float32. Vp must be a
+// multiple of 8, so that every row starts on a 16-byte boundary (the arrays themselves are aligned).
+extern "C" __global__ void fused_classifier4(float* losses, __nv_bfloat16* dlogits, const __nv_bfloat16* logits,
+                                             const int* targets, float dloss, int V, int Vp) {
+    __shared__ float warp_m[32];
+    __shared__ float warp_s[32];
+    int n = blockIdx.x;
+    const __nv_bfloat16* x = logits + (size_t)n * Vp;
+    __nv_bfloat16* dx = dlogits + (size_t)n * Vp;
+    int target = targets[n];
+
+    // pass 1 over the 8-column chunks that hold real columns; the last one may hold padding too
+    float m = NEG_INF;
+    float s = 0.0f;
+    int chunks_v = (V + 7) / 8;
+    for (int c = threadIdx.x; c < chunks_v; c += blockDim.x) {
+        bf16x8 xc = load_bf16x8(x + 8 * c);
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            if (8 * c + u < V) {
+                online_add(m, s, to_float(xc.v[u]));
+            }
+        }
+    }
+    block_merge(m, s, warp_m, warp_s);
+    float inv_s = 1.0f / s;
+
+    // pass 2 over all Vp / 8 chunks, padding included (dlogit gives 0 there)
+    for (int c = threadIdx.x; c < Vp / 8; c += blockDim.x) {
+        bf16x8 xc = load_bf16x8(x + 8 * c);
+        bf16x8 g;
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            g.v[u] = to_bf16(dlogit(to_float(xc.v[u]), 8 * c + u, target, m, s, inv_s, dloss, V, &losses[n]));
+        }
+        store_bf16x8(dx + 8 * c, g);  // after this thread's load of the same 16 bytes: safe in place
     }
 }

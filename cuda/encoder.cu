@@ -30,11 +30,27 @@
 //     dout in that order. The result is the same bits in every run, and the same bits as adding
 //     the positions one after the other in order (NumPy's np.add.at).
 //
+// version 3, encoder_forward3: bf16 storage (mixed precision, notebook 13): wte, wpe and out are
+//     __nv_bfloat16. One thread per (b, t, 8 channels), one 16-byte bf16x8 load per table row piece
+//     and one store (bf16.cuh): C must be a multiple of 8 and the arrays 16-byte aligned (the wrapper
+//     checks). The two values are added in float32 and the sum rounded once to bf16 (nearest even):
+//     the same bits as ml_dtypes' rounding of NumPy's float32 sum. Without wpe, a plain copy.
+// version 3, encoder_backward3_dwpe + encoder_backward3_dwte: version 2's deterministic ownership
+//     (one thread per dwpe element looping over b; one thread per token bucket looping over its
+//     positions in increasing order), reading bf16 dout. The parameter gradients dwte and dwpe stay
+//     float32 (a bf16 accumulator would drop small terms: adding 1e-3 to 1 in bf16 gives 1), so each
+//     term is converted to float32 and added there: the same bits as version 2 on the upcast dout.
+//     One thread per 8 channels: one bf16x8 load of dout per position, two float4 loads and stores
+//     of the float32 gradient; C % 8 == 0, dout, dwte and dwpe 16-byte aligned.
+//
 // A model without learned positions (Llama: its positions enter through RoPE, cuda/rope.cu) passes
 // wpe = NULL (None from Python): the forward then adds nothing, and the backward has no dwpe to
-// write (encoder_backward1 skips it; the wrapper leaves out encoder_backward2_dwpe).
+// write (encoder_backward1 skips it; the wrapper leaves out encoder_backward2_dwpe and
+// encoder_backward3_dwpe).
 //
 // All indices are 32-bit ints: the wrappers check that B*T*C and V*C are below 2^31.
+
+#include "bf16.cuh"
 
 // version 1: one thread per (b, t, c).
 extern "C" __global__ void encoder_forward1(float* out, const int* idx, const float* wte, const float* wpe,
@@ -114,5 +130,80 @@ extern "C" __global__ void encoder_backward2_dwte(float* dwte, const float* dout
             acc += dout[bucket_pos[j] * C + c];  // position b*T+t, row of dout
         }
         dwte[token * C + c] = acc;
+    }
+}
+
+// version 3: bf16 storage, one thread per (b, t, 8 channels), the float32 sum rounded once. C % 8 == 0.
+extern "C" __global__ void encoder_forward3(__nv_bfloat16* out, const int* idx, const __nv_bfloat16* wte,
+                                            const __nv_bfloat16* wpe, int B, int T, int C) {
+    int C8 = C / 8;                                 // bf16x8s per row
+    int i = blockIdx.x * blockDim.x + threadIdx.x;  // flat index into out viewed as bf16x8s
+    if (i < B * T * C8) {
+        int bt = i / C8;
+        int t = bt % T;
+        int c8 = i % C8;
+        bf16x8 o = load_bf16x8(wte + idx[bt] * C + 8 * c8);
+        if (wpe) {
+            bf16x8 p = load_bf16x8(wpe + t * C + 8 * c8);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                o.v[k] = to_bf16(to_float(o.v[k]) + to_float(p.v[k]));  // float32 add, one rounding
+            }
+        }
+        store_bf16x8(out + 8 * i, o);  // out + bt*C + 8*c8
+    }
+}
+
+// 8 float32 gradients at p (16-byte aligned) into acc, and back: two float4s each way.
+__device__ __forceinline__ void load_float8(const float* p, float* acc) {
+    float4 lo = reinterpret_cast<const float4*>(p)[0], hi = reinterpret_cast<const float4*>(p)[1];
+    acc[0] = lo.x; acc[1] = lo.y; acc[2] = lo.z; acc[3] = lo.w;
+    acc[4] = hi.x; acc[5] = hi.y; acc[6] = hi.z; acc[7] = hi.w;
+}
+
+__device__ __forceinline__ void store_float8(float* p, const float* acc) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+}
+
+// version 3, dwpe: one thread per (t, 8 channels) owns those 8 floats of dwpe and adds dout[b, t, c]
+// for b = 0, 1, ... in float32, as version 2 does one channel at a time. C % 8 == 0.
+extern "C" __global__ void encoder_backward3_dwpe(float* dwpe, const __nv_bfloat16* dout, int B, int T, int C) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;  // flat index into dwpe[:T] viewed as groups of 8
+    if (i < T * (C / 8)) {
+        float acc[8];
+        load_float8(dwpe + 8 * i, acc);  // accumulate onto what is there, in a fixed order
+        for (int b = 0; b < B; b++) {
+            bf16x8 d = load_bf16x8(dout + b * T * C + 8 * i);  // dout[b, t, 8 channels]
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                acc[k] += to_float(d.v[k]);
+            }
+        }
+        store_float8(dwpe + 8 * i, acc);
+    }
+}
+
+// version 3, dwte: one thread per (bucket k, 8 channels) owns those 8 floats of dwte[bucket_token[k]]
+// and adds the bucket's rows of dout in increasing position order, in float32. C % 8 == 0.
+extern "C" __global__ void encoder_backward3_dwte(float* dwte, const __nv_bfloat16* dout, const int* bucket_token,
+                                                  const int* bucket_start, const int* bucket_pos,
+                                                  int num_buckets, int C) {
+    int C8 = C / 8;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;  // flat index over (bucket, group of 8 channels)
+    if (i < num_buckets * C8) {
+        int k = i / C8;
+        int c = 8 * (i % C8);
+        float* row = dwte + bucket_token[k] * C + c;
+        float acc[8];
+        load_float8(row, acc);
+        for (int j = bucket_start[k]; j < bucket_start[k + 1]; j++) {
+            bf16x8 d = load_bf16x8(dout + bucket_pos[j] * C + c);  // position b*T+t, row of dout
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                acc[q] += to_float(d.v[q]);
+            }
+        }
+        store_float8(row, acc);
     }
 }

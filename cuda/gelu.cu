@@ -28,6 +28,15 @@
 //     as n4 = n / 4 float4s, so n must be a multiple of 4 and the arrays 16-byte aligned (the
 //     Python wrapper checks both; in GPT-2, n = B*T*4C always is). llm.c's version also adds
 //     cache-streaming hints (__ldcs/__stcs), a second-order effect left out here.
+// version 3, gelu_forward3 / gelu_backward3: bf16 storage (mixed precision, notebook 13). x, out,
+//     dout and dx are __nv_bfloat16: half the bytes of float32 to move, and moving bytes is what
+//     these memory-bound kernels spend their time on. Eight elements per thread through one 16-byte bf16x8 load or store per
+//     array (bf16.cuh), so n must be a multiple of 8 and the arrays 16-byte aligned (the wrapper
+//     checks; GPT-2's n = B*T*4C is). The formula is computed in float32, as in version 2, and each
+//     result is rounded once to bf16 (round to nearest even) when stored. dx += ... loads the bf16
+//     gradient, adds in float32 and rounds once: one rounding per accumulation, not two.
+
+#include "bf16.cuh"
 
 #define GELU_SCALING_FACTOR 0.7978845608028654f  // sqrt(2 / pi)
 #define GELU_CUBIC 0.044715f
@@ -87,5 +96,33 @@ extern "C" __global__ void gelu_backward2(float4* dx, const float4* dout, const 
         acc.z += gelu_grad(v.z) * g.z;
         acc.w += gelu_grad(v.w) * g.w;
         dx[i] = acc;
+    }
+}
+
+// version 3: bf16 storage, eight elements per thread (one bf16x8 per array), float32 math; n8 = n / 8.
+extern "C" __global__ void gelu_forward3(__nv_bfloat16* out, const __nv_bfloat16* x, int n8) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n8) {
+        bf16x8 v = load_bf16x8(x + 8 * i);  // one 16-byte load
+        bf16x8 r;
+        for (int k = 0; k < 8; k++) {
+            r.v[k] = to_bf16(gelu(to_float(v.v[k])));  // float32 math, one rounding
+        }
+        store_bf16x8(out + 8 * i, r);  // one 16-byte store
+    }
+}
+
+// version 3: dx += gelu'(x) * dout with bf16 dx, dout, x; added in float32, rounded once; n8 = n / 8.
+extern "C" __global__ void gelu_backward3(__nv_bfloat16* dx, const __nv_bfloat16* dout, const __nv_bfloat16* x,
+                                          int n8) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n8) {
+        bf16x8 v = load_bf16x8(x + 8 * i);
+        bf16x8 g = load_bf16x8(dout + 8 * i);
+        bf16x8 acc = load_bf16x8(dx + 8 * i);
+        for (int k = 0; k < 8; k++) {
+            acc.v[k] = to_bf16(to_float(acc.v[k]) + gelu_grad(to_float(v.v[k])) * to_float(g.v[k]));
+        }
+        store_bf16x8(dx + 8 * i, acc);
     }
 }

@@ -45,11 +45,29 @@
 //     sums to scratch[blockIdx.x] (a (gridDim.x, 2, C) buffer the wrapper allocates), and a second
 //     kernel, one thread per column, adds the gridDim.x partials in block order 0, 1, 2... into
 //     dbias and dweight. The same inputs give the same bits on every run.
+//
+// bf16 storage (mixed precision, notebook 13): the activations (x, out, dout, dinp) and the weight and
+// bias are __nv_bfloat16; mean, rstd, the partial sums and dweight/dbias stay float32 (statistics and
+// parameter gradients), and every sum and formula is float32, as above. Each output is rounded once
+// to bf16 (nearest even) when stored; dinp += ... loads the bf16 gradient, adds in float32, rounds once.
+// version 4, layernorm_forward4: version 2's warp per row, reading and writing 8 channels at a time
+//     with one 16-byte bf16x8 load or store (bf16.cuh): lane k takes channels 8k..8k+7, then
+//     8(k+32).., so a warp's load covers 512 consecutive bytes. C must be a multiple of 8 and every
+//     array 16-byte aligned (GPT-2's C = 768: 96 groups, 3 per lane). x is read three times, as in
+//     version 2 (mean, variance, output): the second and third reads hit the cache on a GPU.
+// version 3, layernorm_backward3 + layernorm_backward2_reduce: version 2's deterministic scheme (a
+//     block per row, per-block float32 partial sums of dbias/dweight in shared memory, reduced in
+//     block order by version 2's second kernel), with bf16x8 loads of x, dout, weight and dinp: group i
+//     of 8 channels is always handled by thread i % blockDim.x, which alone owns those 8 columns'
+//     accumulators. They are stored as acc[k * C/8 + i] (channel 8i + k), not acc[8i + k], so that the
+//     threads of a warp touch consecutive words (no shared-memory bank conflicts). C % 8 == 0,
+//     C <= 6128 (2*C floats of shared memory), arrays 16-byte aligned.
 
 // The reductions of versions 2 and 3, warp_sum and block_sum, are in common.cuh (shared with
 // attention.cu, global_norm.cu and kv_cache.cu): a butterfly of __shfl_xor_sync inside each warp,
 // then, for a block, the warps' sums through 32 floats of shared memory.
 #include "common.cuh"
+#include "bf16.cuh"
 
 // ------------------------------------------------------------------------------------------------
 // Forward
@@ -262,5 +280,130 @@ extern "C" __global__ void layernorm_backward2_reduce(float* dweight, float* dbi
         }
         dbias[c] += db;
         dweight[c] += dw;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// bf16 storage, float32 compute
+// ------------------------------------------------------------------------------------------------
+
+// version 4: bf16 x, weight, bias, out; a warp per row as version 2, 8 channels per bf16x8 load.
+// float32 mean and rstd. C % 8 == 0; block = whole warps, blockDim.x / 32 rows per block.
+extern "C" __global__ void layernorm_forward4(__nv_bfloat16* out, float* mean, float* rstd, const __nv_bfloat16* inp,
+                                              const __nv_bfloat16* weight, const __nv_bfloat16* bias, int N, int C,
+                                              float eps) {
+    int lane = threadIdx.x % 32;
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) {
+        return;  // the whole warp leaves together (as in version 2): no shuffle waits for it
+    }
+    int C8 = C / 8;
+    const __nv_bfloat16* x = inp + (size_t)row * C;
+    __nv_bfloat16* y = out + (size_t)row * C;
+
+    float sum = 0.0f;
+    for (int i = lane; i < C8; i += 32) {
+        bf16x8 v = load_bf16x8(x + 8 * i);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            sum += to_float(v.v[k]);
+        }
+    }
+    float m = warp_sum(sum) / C;
+
+    float sum_sq = 0.0f;
+    for (int i = lane; i < C8; i += 32) {
+        bf16x8 v = load_bf16x8(x + 8 * i);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float d = to_float(v.v[k]) - m;
+            sum_sq += d * d;
+        }
+    }
+    float s = rsqrtf(warp_sum(sum_sq) / C + eps);
+
+    for (int i = lane; i < C8; i += 32) {
+        bf16x8 v = load_bf16x8(x + 8 * i), w = load_bf16x8(weight + 8 * i), b = load_bf16x8(bias + 8 * i), o;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            o.v[k] = to_bf16((to_float(v.v[k]) - m) * s * to_float(w.v[k]) + to_float(b.v[k]));  // one rounding
+        }
+        store_bf16x8(y + 8 * i, o);
+    }
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = s;
+    }
+}
+
+// version 3, kernel 1 of 2: as layernorm_backward2 with bf16 dinp (+=), dout, inp, weight and 8
+// channels per bf16x8 load; float32 partial sums of dbias, dweight into scratch[blockIdx.x] (channel
+// order), reduced by layernorm_backward2_reduce. Dynamic shared memory: 2 * C floats. C % 8 == 0,
+// blockDim.x a multiple of 32.
+extern "C" __global__ void layernorm_backward3(__nv_bfloat16* dinp, float* scratch, const __nv_bfloat16* dout,
+                                               const __nv_bfloat16* inp, const __nv_bfloat16* weight,
+                                               const float* mean, const float* rstd, int N, int C) {
+    extern __shared__ float acc[];  // acc[k*C8 + i]: channel 8i + k's dbias; acc[C + k*C8 + i]: its dweight
+    __shared__ float warp_sums[32];
+    int C8 = C / 8;
+    float* dbias_acc = acc;
+    float* dweight_acc = acc + C;
+    // Group i of 8 channels is only ever touched by thread i % blockDim.x, here and below: no barrier
+    // needed between these writes and that thread's later reads, and no race between threads.
+    for (int i = threadIdx.x; i < C8; i += blockDim.x) {
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            dbias_acc[k * C8 + i] = 0.0f;
+            dweight_acc[k * C8 + i] = 0.0f;
+        }
+    }
+    // The loop bound is the same for the whole block, so all threads reach the same barriers.
+    for (int row = blockIdx.x; row < N; row += gridDim.x) {
+        const __nv_bfloat16* x = inp + (size_t)row * C;
+        const __nv_bfloat16* dy = dout + (size_t)row * C;
+        __nv_bfloat16* dx = dinp + (size_t)row * C;
+        float m = mean[row];
+        float s = rstd[row];
+
+        float sum_dxhat = 0.0f;
+        float sum_dxhat_xhat = 0.0f;
+        for (int i = threadIdx.x; i < C8; i += blockDim.x) {
+            bf16x8 xv = load_bf16x8(x + 8 * i), dyv = load_bf16x8(dy + 8 * i), wv = load_bf16x8(weight + 8 * i);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float xhat = (to_float(xv.v[k]) - m) * s;
+                float dxhat = to_float(wv.v[k]) * to_float(dyv.v[k]);
+                sum_dxhat += dxhat;
+                sum_dxhat_xhat += dxhat * xhat;
+            }
+        }
+        float mean_dxhat = block_sum(sum_dxhat, warp_sums) / C;
+        float mean_dxhat_xhat = block_sum(sum_dxhat_xhat, warp_sums) / C;
+
+        for (int i = threadIdx.x; i < C8; i += blockDim.x) {
+            bf16x8 xv = load_bf16x8(x + 8 * i), dyv = load_bf16x8(dy + 8 * i), wv = load_bf16x8(weight + 8 * i);
+            bf16x8 dxv = load_bf16x8(dx + 8 * i);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float xhat = (to_float(xv.v[k]) - m) * s;
+                float g = to_float(dyv.v[k]);
+                float dxhat = to_float(wv.v[k]) * g;
+                dbias_acc[k * C8 + i] += g;
+                dweight_acc[k * C8 + i] += g * xhat;
+                // += into a bf16 gradient: load, add in float32, round once
+                dxv.v[k] = to_bf16(to_float(dxv.v[k]) + s * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+            }
+            store_bf16x8(dx + 8 * i, dxv);
+        }
+    }
+    // Partial sums out in channel order, the layout layernorm_backward2_reduce reads; a block with
+    // no row writes zeros.
+    float* partial = scratch + (size_t)blockIdx.x * 2 * C;
+    for (int i = threadIdx.x; i < C8; i += blockDim.x) {
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            partial[8 * i + k] = dbias_acc[k * C8 + i];
+            partial[C + 8 * i + k] = dweight_acc[k * C8 + i];
+        }
     }
 }

@@ -5,7 +5,9 @@ Tolerances are llm.c's for the classifier, |ref - out| <= atol + rtol*|ref| with
 and losses with atol = rtol = 1e-4; dlogits = (probs - onehot) * dloss is scaled by dloss = 1/(B*T),
 so its atol is 1e-4 * dloss (the probabilities to 1e-4, on the gradient's own scale). The reference
 runs in float64 on the float32 inputs. No kernel uses atomics: racecheck requires identical bits.
+The bf16 version (4) has its own tolerances, derived at the end of the file.
 """
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -126,7 +128,8 @@ def test_version1_racecheck():
 # ------------------------------------------------------------------------------------------------
 # Versions 2 and 3: fused
 # ------------------------------------------------------------------------------------------------
-VERSIONS = sorted(classifier.VERSIONS["forward"])
+VERSIONS = sorted(v for v, line in classifier.VERSIONS["forward"].items() if not line.startswith("bf16:"))  # float32
+BF16 = sorted(v for v, line in classifier.VERSIONS["forward"].items() if line.startswith("bf16:"))
 FUSED = VERSIONS[1:]   # version 1 is three kernels; the others one block per row
 FUSED_CASES = [(v, s) for v in FUSED for s in (FLOAT4_SHAPES if "float4" in classifier.VERSIONS["forward"][v] else SHAPES)]
 
@@ -287,8 +290,8 @@ def test_shapes_and_dtypes_are_checked():
     with pytest.raises(ValueError, match=r"classifier version 1: `probs` is required, a float32 array of shape "
                                          r"\(2, 3, 12\)"):
         classifier.forward(losses, dlogits, logits, targets, 10, dloss, version=1)
-    with pytest.raises(ValueError, match=r"classifier.forward: no version 4; the versions are \[1, 2, 3\]"):
-        classifier.forward(losses, dlogits, logits, targets, 10, dloss, version=4)
+    with pytest.raises(ValueError, match=r"classifier.forward: no version 5; the versions are \[1, 2, 3, 4\]"):
+        classifier.forward(losses, dlogits, logits, targets, 10, dloss, version=5)
 
 
 def test_version1_refuses_sizes_past_32_bit_indices():
@@ -299,4 +302,163 @@ def test_version1_refuses_sizes_past_32_bit_indices():
 
 
 def test_versions_are_listed():
-    assert sorted(classifier.VERSIONS["forward"]) == [1, 2, 3]
+    assert sorted(classifier.VERSIONS["forward"]) == [1, 2, 3, 4] and VERSIONS == [1, 2, 3] and BF16 == [4]
+
+
+# ------------------------------------------------------------------------------------------------
+# Version 4: bf16 logits and dlogits, float32 softmax and losses
+# ------------------------------------------------------------------------------------------------
+BF = ml_dtypes.bfloat16
+U_BF16 = 2.0**-8   # unit roundoff of bf16 (8 significant bits), round to nearest: |rnd(x) - x| <= u |x|
+# Vp a multiple of 8: a padded last chunk (101 of 104, 1001 of 1008), no padding (64), one token, and
+# rows of more 8-column chunks than a block of 512 threads has (5008 = 626 chunks).
+BF16_SHAPES = [(3, 37, 101, 104), (2, 5, 1001, 1008), (1, 3, 1, 8), (2, 3, 64, 64), (1, 2, 5000, 5008)]
+
+
+def bf16_inputs(B, T, V, Vp, seed=0):
+    """make_inputs' logits rounded to bf16 (the NaN and 1000 pads stay), on the host."""
+    logits, targets, dloss = make_inputs(B, T, V, Vp, seed)
+    return logits.astype(BF), targets, dloss
+
+
+def check_bf16(name, losses, dlogits, logits, targets, V, dloss):
+    """Version 4 against the float64 reference of its bf16 logits upcast (exactly).
+
+    The float32 computation obeys the float32 versions' bound e32 (the module docstring: TOL + TOL |loss| for
+    the losses, TOL dloss + TOL |d| for the gradients), as version 4 does version 3's float32 arithmetic on
+    the same values. The losses stay float32: e32. Each gradient d32 is rounded once to bf16:
+    |rnd(d32) - d| <= u |d32| + e32 <= u |d| + (1 + u) e32. (A padded column is 0 exactly.)"""
+    _, ref_losses, ref_dlogits = reference(logits.astype(np.float32), targets, V, dloss)
+    got = device.asnumpy(dlogits).astype(np.float64)
+    bound = U_BF16 * np.abs(ref_dlogits) + (1 + U_BF16) * (TOL * dloss + TOL * np.abs(ref_dlogits))
+    err = np.abs(got - ref_dlogits)
+    print(f"{name} dlogits: max abs error {err.max():.2e}, at most {(err / bound).max():.2f} of its bound")
+    assert (err <= bound).all(), f"{name}: {int((~(err <= bound)).sum())} gradients outside their bound"
+    check(f"{name} losses", losses, ref_losses, atol=TOL, rtol=TOL)
+    assert device.asnumpy(losses).dtype == np.float32 and device.asnumpy(dlogits).dtype == BF
+    assert (device.asnumpy(dlogits)[..., V:].view(np.uint16) == 0).all(), "padded columns must get gradient +0"
+
+
+def bf16_ulps(a, b):
+    """How many bf16 steps apart two bf16 arrays are, elementwise (0: the same bits)."""
+    def ordered(x):
+        bits = np.ascontiguousarray(x).view(np.uint16).astype(np.int64)
+        return np.where(bits & 0x8000, -(bits & 0x7FFF), bits)   # sign-magnitude onto a line (+0 = -0)
+    return np.abs(ordered(a) - ordered(b))
+
+
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+def test_bf16_against_reference(shape):
+    B, T, V, Vp = shape
+    logits, targets, dloss = bf16_inputs(B, T, V, Vp)
+    losses, dlogits = device.empty((B, T)), device.empty((B, T, Vp), BF)
+    classifier.forward(losses, dlogits, device.asarray(logits), device.asarray(targets), V, dloss, version=4)
+    check_bf16(f"fused_classifier4 {shape}", losses, dlogits, logits, targets, V, dloss)
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 101, 104), (2, 5, 1001, 1008)])
+def test_bf16_is_a_float32_result_rounded_once(shape):
+    """dlogits is version 3's float32 gradient (on the same values: the bf16 logits as float32) rounded by
+    ml_dtypes to bf16, to within one bf16 step: the two kernels add the exponentials up in different orders
+    (8 columns per thread instead of 4), so their float32 sums differ in the last bits, and a gradient near
+    a rounding boundary may round the other way. The losses agree to float32 rounding."""
+    B, T, V, Vp = shape
+    logits, targets, dloss = bf16_inputs(B, T, V, Vp, seed=5)
+    targets_d = device.asarray(targets)
+    losses4, dlogits4 = device.empty((B, T)), device.empty((B, T, Vp), BF)
+    classifier.forward(losses4, dlogits4, device.asarray(logits), targets_d, V, dloss, version=4)
+    losses3, dlogits3 = device.empty((B, T)), device.empty((B, T, Vp))
+    classifier.forward(losses3, dlogits3, device.asarray(logits.astype(np.float32)), targets_d, V, dloss, version=3)
+    steps = bf16_ulps(device.asnumpy(dlogits4), device.asnumpy(dlogits3).astype(BF))
+    assert steps.max() <= 1 and (steps == 0).mean() > 0.99, (steps.max(), (steps == 0).mean())
+    check("fused_classifier4 losses against version 3's", losses4, losses3, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("block_size", [32, 96, 1024])
+def test_bf16_block_sizes(block_size):
+    B, T, V, Vp = 2, 3, 1001, 1008   # 32 threads: 4 chunks each; 1024: more threads than chunks
+    logits, targets, dloss = bf16_inputs(B, T, V, Vp, seed=4)
+    losses, dlogits = device.empty((B, T)), device.empty((B, T, Vp), BF)
+    classifier.forward(losses, dlogits, device.asarray(logits), device.asarray(targets), V, dloss, version=4,
+                       block_size=block_size)
+    check_bf16(f"fused_classifier4 ({block_size} threads)", losses, dlogits, logits, targets, V, dloss)
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 101, 104), (1, 2, 5000, 5008)])
+def test_bf16_racecheck(shape):
+    B, T, V, Vp = shape
+    logits, targets, dloss = bf16_inputs(B, T, V, Vp)
+    [launch] = classifier.launches("forward", device.empty((B, T)), device.empty((B, T, Vp), BF),
+                                   device.asarray(logits), device.asarray(targets), V, dloss, version=4, block_size=64)
+    device.racecheck(*launch)
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 101, 104), (2, 3, 1001, 1008)])
+def test_bf16_in_place(shape):
+    """dlogits written over the bf16 logits: the same bits as out of place, in every thread order."""
+    B, T, V, Vp = shape
+    logits, targets, dloss = bf16_inputs(B, T, V, Vp)
+    targets_d = device.asarray(targets)
+    out_losses, out_dlogits = device.empty((B, T)), device.empty((B, T, Vp), BF)
+    classifier.forward(out_losses, out_dlogits, device.asarray(logits.copy()), targets_d, V, dloss, version=4,
+                       block_size=64)
+    out_losses, out_dlogits = device.asnumpy(out_losses), device.asnumpy(out_dlogits)
+    buf, losses = device.asarray(logits.copy()), device.empty((B, T))
+    classifier.forward(losses, buf, buf, targets_d, V, dloss, version=4, block_size=64)
+    check_bf16("fused_classifier4 in place", losses, buf, logits, targets, V, dloss)
+    assert np.array_equal(device.asnumpy(buf).view(np.uint16), out_dlogits.view(np.uint16))
+    assert np.array_equal(device.asnumpy(losses), out_losses)
+    if device.name == "cpu":
+        [launch] = classifier.launches("forward", device.empty((B, T)), logits, logits, targets, V, dloss,
+                                       version=4, block_size=64)
+        for got_losses, got_buf, _ in run_in_every_order(launch):
+            assert np.array_equal(got_buf.view(np.uint16), out_dlogits.view(np.uint16))
+            assert np.array_equal(got_losses, out_losses)
+
+
+def test_bf16_checks_targets_unless_told_not_to():
+    logits, _, dloss = bf16_inputs(1, 2, 10, 16)
+    args = (device.empty((1, 2)), device.empty((1, 2, 16), BF), device.asarray(logits),
+            device.asarray(np.array([[3, 10]], np.int32)), 10, dloss)
+    with pytest.raises(ValueError, match=r"fused_classifier4: targets must be token ids in \[0, V=10\), found values "
+                                         r"in \[3, 10\]"):
+        classifier.forward(*args, version=4)
+    classifier.launches("forward", *args, version=4, check_targets=False)   # (checked by the caller)
+
+
+def test_bf16_version_needs_vp_multiple_of_8_and_aligned_rows():
+    logits, targets, dloss = bf16_inputs(2, 5, 1001, 1004)   # a multiple of 4, not of 8
+    with pytest.raises(ValueError, match=r"fused_classifier4 loads 8 bf16 \(16 bytes\) at a time: Vp \(the last "
+                                         r"dimension of the logits\) must be a multiple of 8, got .*=1004 \(use a "
+                                         r"vocabulary padded as llm.c's Vp=50304, or version 3 on float32 arrays"):
+        classifier.forward(device.empty((2, 5)), device.empty((2, 5, 1004), BF), device.asarray(logits),
+                           device.asarray(targets), 1001, dloss, version=4)
+    B, T, V, Vp = 1, 2, 10, 16
+    logits, targets, dloss = bf16_inputs(B, T, V, Vp)
+    flat = device.zeros(B * T * Vp + 1, BF)
+    view = flat[1:].reshape(B, T, Vp)   # 2 bytes past a 16-byte boundary
+    for name in ("logits", "dlogits"):
+        arrays = dict(logits=device.asarray(logits), dlogits=device.empty((B, T, Vp), BF))
+        arrays[name] = view
+        with pytest.raises(ValueError, match=rf"fused_classifier4 loads 16 bytes at a time: `{name}` must start at a "
+                                             r"16-byte aligned address, but it starts 2 bytes past one"):
+            classifier.forward(device.empty((B, T)), arrays["dlogits"], arrays["logits"], device.asarray(targets), V,
+                               dloss, version=4)
+
+
+def test_bf16_and_float32_arrays_go_to_their_versions():
+    B, T, V, Vp = 1, 2, 10, 16
+    logits, targets, dloss = bf16_inputs(B, T, V, Vp)
+    logits_d, targets_d, losses = device.asarray(logits), device.asarray(targets), device.empty((B, T))
+    with pytest.raises(ValueError, match=r"fused_classifier3: `logits` must be float32, got bfloat16 \(a bf16 array: "
+                                         r"the bf16 versions take it"):
+        classifier.forward(losses, device.empty((B, T, Vp)), logits_d, targets_d, V, dloss, version=3)
+    with pytest.raises(ValueError, match=r"fused_classifier4: `logits` must be bfloat16, got float32 \(use a bf16 "
+                                         r"version's float32 counterpart, or \.astype\(ml_dtypes\.bfloat16\)\)"):
+        classifier.forward(losses, device.empty((B, T, Vp), BF), device.asarray(logits.astype(np.float32)), targets_d,
+                           V, dloss, version=4)
+    with pytest.raises(ValueError, match=r"fused_classifier4: `dlogits` must be bfloat16, got float32"):
+        classifier.forward(losses, device.empty((B, T, Vp)), logits_d, targets_d, V, dloss, version=4)
+    with pytest.raises(ValueError, match=r"fused_classifier4: `losses` must be float32, got bfloat16"):
+        classifier.forward(device.empty((B, T), BF), device.empty((B, T, Vp), BF), logits_d, targets_d, V, dloss,
+                           version=4)

@@ -1,8 +1,10 @@
 """The token + position encoder (cuda/encoder.cu, helpers/ops/encoder.py): every kernel version
 against the NumPy reference at odd shapes, race checks, the reference's backward against finite
-differences, and every shape assertion of the wrappers."""
+differences, and every shape assertion of the wrappers. The bf16 versions (VERSIONS lines "bf16: ...")
+have their own section at the end."""
 from types import SimpleNamespace
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -12,9 +14,11 @@ from helpers.ops import encoder
 from helpers.runtime import device, nvrtc_report
 from helpers.runtime.cuda_source import REPO_ROOT
 from helpers.teaching import gradcheck
-from support import oversized
+from support import f64, oversized
 
 EPS32 = float(np.finfo(np.float32).eps)
+FORWARD32 = [v for v, line in encoder.VERSIONS["forward"].items() if not line.startswith("bf16:")]
+BACKWARD32 = [v for v, line in encoder.VERSIONS["backward"].items() if not line.startswith("bf16:")]
 
 # (B, T, C, V, maxT): odd sizes; C=20 is a multiple of 4 but not of 8 or 32; V=7 makes every token
 # repeat many times; C=50 is not a multiple of 4 (version 1 only in the forward).
@@ -190,7 +194,7 @@ def launch_args(p, version, direction):
 
 
 @pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
-@pytest.mark.parametrize("version", sorted(encoder.VERSIONS["forward"]))
+@pytest.mark.parametrize("version", FORWARD32)
 def test_forward_is_race_free(version, shape):
     for launch in launch_args(make_inputs(*shape), version, "forward"):
         device.racecheck(*launch)
@@ -277,8 +281,8 @@ def test_wrappers_refuse_wrong_shapes_and_dtypes(direction):
         call(pos=device.zeros((4, 8)))
     with pytest.raises(ValueError, match=fr"`{aname}` must be C-contiguous"):
         call(activ=device.zeros((2, 8, 5)).transpose(0, 2, 1))
-    with pytest.raises(ValueError, match=r"no version 3; the versions are \[1, 2\]"):
-        call(version=3)
+    with pytest.raises(ValueError, match=r"no version 4; the versions are \[1, 2, 3\]"):
+        call(version=4)
 
 
 def test_wrappers_refuse_sizes_past_32_bit_indexing():
@@ -293,3 +297,155 @@ def test_backward_refuses_a_host_idx_of_the_wrong_shape():
     p = on_device(h)
     with pytest.raises(ValueError, match=r"`idx_host` must be the host copy of idx, shape \(2, 5\), got \(10,\)"):
         encoder.backward(p.dwte, p.dwpe, p.dout, p.idx, idx_host=h.idx.reshape(-1))
+
+
+# ------------------------------------------------------------------------------------------------
+# bf16 storage (mixed precision): forward version 3, backward version 3
+# ------------------------------------------------------------------------------------------------
+BF16 = np.dtype(ml_dtypes.bfloat16)
+U_BF16 = 2.0**-8     # bf16's unit roundoff: 8 significant bits, round to nearest
+U32 = 2.0**-24       # float32's
+BF16_FORWARD = [v for v in encoder.VERSIONS["forward"] if v not in FORWARD32]
+BF16_BACKWARD = [v for v in encoder.VERSIONS["backward"] if v not in BACKWARD32]
+# C a multiple of 8 (the bf16x8 loads): 48, 24, 8; V = 7 and 3 make tokens repeat
+BF16_SHAPES = [(3, 37, 48, 101, 41), (5, 11, 24, 7, 16), (1, 1, 8, 1, 1), REPEATS]
+
+
+def test_bf16_versions_are_the_last_of_each_step():
+    assert BF16_FORWARD == [3] and BF16_BACKWARD == [3]
+
+
+def bf16_inputs(shape, seed=0):
+    """make_inputs with the tables and dout rounded to bf16 (the gradients dwte, dwpe stay float32)."""
+    p = make_inputs(*shape, seed=seed)
+    p.wte, p.wpe, p.dout = (a.astype(BF16) for a in (p.wte, p.wpe, p.dout))
+    return p
+
+
+def bits(a):
+    return device.asnumpy(a).view(np.uint16)
+
+
+def check_bf16(name, got, ref, atol, rtol):
+    """A bf16 output against the float64 reference `ref` computed on the same (bf16) inputs.
+
+    The kernel computes y32 in float32, within E = atol + rtol*|ref| of ref (the float32 versions'
+    bound), and stores bf16(y32), rounded once to nearest: |bf16(y32) - y32| <= U_BF16*|y32| <=
+    U_BF16*(|ref| + E). So |out - ref| <= (1 + U_BF16)*atol + (U_BF16 + (1 + U_BF16)*rtol)*|ref|.
+    Tighter, as rounding is monotone: bf16(ref - E) <= out <= bf16(ref + E) (through float32, which
+    is the same rounding for the float32 y32), i.e. out is one of the bf16 values y32 could round to."""
+    helpers.check(name, got, ref, atol=(1 + U_BF16) * atol, rtol=U_BF16 + (1 + U_BF16) * rtol)
+    out = device.asnumpy(got).astype(np.float64)
+    err = atol + rtol * np.abs(ref)
+    low, high = ((ref + sign * err).astype(np.float32).astype(BF16).astype(np.float64) for sign in (-1, 1))
+    assert np.all((low <= out) & (out <= high)), f"{name}: outside the bf16 roundings of ref -+ E"
+
+
+@pytest.mark.parametrize("shape", BF16_SHAPES, ids=str)
+@pytest.mark.parametrize("with_wpe", [True, False])
+def test_bf16_forward_is_the_rounded_float32_sum(shape, with_wpe):
+    """out = bf16(float32(wte) + float32(wpe)): the kernel's one float32 addition is NumPy's (IEEE), and
+    to_bf16 rounds to nearest even as ml_dtypes does, so the bits are equal. Against the float64 sum:
+    the float32 addition is within U32*|ref| (atol 0), the rounding to bf16 adds U_BF16 relative:
+    |out - ref| <= U_BF16*|ref| + (1 + U_BF16)*U32*|ref| (check_bf16)."""
+    p = bf16_inputs(shape)
+    d = on_device(p)
+    wpe, wpe32 = (d.wpe, p.wpe.astype(np.float32)) if with_wpe else (None, None)
+    out = device.empty((p.B, p.T, p.C), BF16)
+    encoder.forward(out, d.idx, d.wte, wpe, version=3)
+    assert out.dtype == BF16
+    want = encoder.encoder_forward(p.idx, p.wte.astype(np.float32), wpe32).astype(BF16)
+    assert np.array_equal(bits(out), want.view(np.uint16))
+    ref = encoder.encoder_forward(p.idx, f64(p.wte), f64(p.wpe) if with_wpe else None)
+    check_bf16(f"encoder_forward3 {shape}", out, ref, atol=0.0, rtol=U32)
+
+
+@pytest.mark.parametrize("shape", BF16_SHAPES, ids=str)
+@pytest.mark.parametrize("with_wpe", [True, False])
+def test_bf16_backward_is_version_2_on_the_upcast_dout(shape, with_wpe):
+    """dwte and dwpe stay float32 and receive float32(dout) in version 2's order: the same bits as the
+    float32 reference (np.add.at and the b-loop) on dout converted to float32, which is exact. Against
+    float64: each output is a sum of k terms (its start value and the k-1 rows added to it) added one
+    after the other in float32, within (k-1)*U32*sum|terms| (to first order; 2x covers the rest)."""
+    p = bf16_inputs(shape, seed=1)
+    dout32 = p.dout.astype(np.float32)
+    ref_dwte, ref_dwpe = p.dwte.copy(), p.dwpe.copy() if with_wpe else None
+    encoder.encoder_backward(ref_dwte, ref_dwpe, dout32, p.idx)
+    dwte, dwpe = device.asarray(p.dwte.copy()), device.asarray(p.dwpe.copy()) if with_wpe else None
+    launches = encoder.launches("backward", dwte, dwpe, device.asarray(p.dout), device.asarray(p.idx), version=3)
+    assert [launch.name for launch in launches] == (["encoder_backward3_dwpe"] if with_wpe else []) + [
+        "encoder_backward3_dwte"]
+    for launch in launches:
+        launch()
+    assert dwte.dtype == np.float32 and np.array_equal(device.asnumpy(dwte), ref_dwte)
+    if with_wpe:
+        assert np.array_equal(device.asnumpy(dwpe), ref_dwpe)
+    ref64 = f64(p.dwte)
+    encoder.encoder_backward(ref64, None, f64(p.dout), p.idx)
+    k = int(np.bincount(p.idx.reshape(-1)).max()) + 1
+    abs_sum = np.abs(p.dwte).astype(np.float64)
+    np.add.at(abs_sum, p.idx, np.abs(f64(p.dout)))
+    helpers.check(f"encoder_backward3 dwte {shape}", dwte, ref64, atol=2 * (k - 1) * U32 * float(abs_sum.max()), rtol=0)
+
+
+def test_bf16_backward_with_a_host_copy_of_idx():
+    p = bf16_inputs(RACE_SHAPE)
+    ref_dwte, ref_dwpe = p.dwte.copy(), p.dwpe.copy()
+    encoder.encoder_backward(ref_dwte, ref_dwpe, p.dout.astype(np.float32), p.idx)
+    d = on_device(p)
+    encoder.backward(d.dwte, d.dwpe, d.dout, d.idx, version=3, idx_host=p.idx.copy())
+    assert np.array_equal(device.asnumpy(d.dwte), ref_dwte) and np.array_equal(device.asnumpy(d.dwpe), ref_dwpe)
+
+
+@pytest.mark.parametrize("shape", [RACE_SHAPE, REPEATS], ids=str)
+def test_bf16_launches_are_race_free(shape):
+    """Every launch of both bf16 versions, in every thread order, bit for bit (no atomics)."""
+    d = on_device(bf16_inputs(shape))
+    launches = (encoder.launches("forward", device.empty((d.B, d.T, d.C), BF16), d.idx, d.wte, d.wpe, version=3) +
+                encoder.launches("forward", device.empty((d.B, d.T, d.C), BF16), d.idx, d.wte, None, version=3) +
+                encoder.launches("backward", d.dwte, d.dwpe, d.dout, d.idx, version=3))
+    assert len(launches) == 4
+    for launch in launches:
+        device.racecheck(*launch)
+
+
+def test_bf16_versions_refuse_what_they_cannot_load():
+    p = bf16_inputs((2, 5, 20, 7, 5))   # C = 20: a multiple of 4, not of 8
+    d = on_device(p)
+    with pytest.raises(ValueError, match=r"encoder_forward3 loads 8 bf16 at a time \(16 bytes\): C must be a multiple "
+                                         r"of 8, got C=20 \(use float32 arrays and version 1, which takes any C\)"):
+        encoder.forward(device.empty((2, 5, 20), BF16), d.idx, d.wte, d.wpe, version=3)
+    with pytest.raises(ValueError, match=r"encoder_backward3 loads 8 bf16 at a time \(16 bytes\): C must be a "
+                                         r"multiple of 8, got C=20"):
+        encoder.backward(d.dwte, d.dwpe, d.dout, d.idx, version=3)
+    # a view that starts 2 bytes (one bf16) past an aligned address
+    q = bf16_inputs((2, 5, 8, 7, 5))
+    d = on_device(q)
+    base = device.asarray(np.zeros(7 * 8 + 8, BF16))
+    wte = base[1:1 + 7 * 8].reshape(7, 8)
+    assert wte.flags.c_contiguous
+    with pytest.raises(ValueError, match=r"encoder_forward3 loads 16 bytes at a time: `wte` must start at a 16-byte "
+                                         r"aligned address, but it starts 2 bytes past one"):
+        encoder.forward(device.empty((2, 5, 8), BF16), d.idx, wte, d.wpe, version=3)
+    dwte = device.zeros(7 * 8 + 4)[1:1 + 7 * 8].reshape(7, 8)   # float32, 4 bytes past
+    with pytest.raises(ValueError, match=r"encoder_backward3 loads 16 bytes at a time: `dwte` must start"):
+        encoder.backward(dwte, d.dwpe, d.dout, d.idx, version=3)
+
+
+def test_bf16_and_float32_versions_refuse_each_others_arrays():
+    p = bf16_inputs((2, 5, 8, 7, 5))
+    d = on_device(p)
+    out = device.empty((2, 5, 8), BF16)
+    with pytest.raises(ValueError, match=r"encoder_forward2: `wte` must be float32, got bfloat16 \(a bf16 array: the "
+                                         r"bf16 versions take it"):
+        encoder.forward(device.empty((2, 5, 8)), d.idx, d.wte, d.wpe, version=2)
+    with pytest.raises(ValueError, match=r"encoder_forward3: `wpe` must be bfloat16, got float32"):
+        encoder.forward(out, d.idx, d.wte, device.asarray(make_inputs(2, 5, 8, 7, 5).wpe), version=3)
+    with pytest.raises(ValueError, match=r"encoder_forward3: `out` must be bfloat16, got float32"):
+        encoder.forward(device.empty((2, 5, 8)), d.idx, d.wte, d.wpe, version=3)
+    with pytest.raises(ValueError, match=r"encoder_backward2: `dout` must be float32, got bfloat16"):
+        encoder.backward(d.dwte, d.dwpe, d.dout, d.idx, version=2)
+    with pytest.raises(ValueError, match=r"encoder_backward3: `dwte` must be float32, got bfloat16"):
+        encoder.backward(device.zeros((7, 8), BF16), d.dwpe, d.dout, d.idx, version=3)
+    with pytest.raises(ValueError, match=r"encoder_backward3: `dout` must be bfloat16, got float32"):
+        encoder.backward(d.dwte, d.dwpe, device.asarray(make_inputs(2, 5, 8, 7, 5).dout), d.idx, version=3)

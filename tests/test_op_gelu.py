@@ -3,10 +3,12 @@
 Every kernel version against the NumPy reference at odd shapes with llm.c's elementwise tolerance
 (|ref - out| <= 1e-5 + FLT_EPSILON |ref|, the reference evaluated in float64 on the same float32
 inputs); racecheck on every version (elementwise kernels, no atomics: identical bits required); the NumPy
-backward pass against finite differences in float64; every shape assumption raising its error.
+backward pass against finite differences in float64; every shape assumption raising its error. The bf16 version (VERSIONS line "bf16: ...") has its own
+section at the end.
 """
 import math
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ from helpers.teaching import gradcheck
 from support import f64, randn
 
 SHAPES = [(3, 37, 48), (2, 7, 20)]  # (B, T, C); GELU runs on (B, T, 4C)
-VERSIONS = sorted(G.VERSIONS["forward"])
+VERSIONS = [v for v, line in G.VERSIONS["forward"].items() if not line.startswith("bf16:")]   # float32
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,8 +154,8 @@ def test_shapes_must_match(rng):
 
 def test_unknown_version_block_size_and_wrong_arity(rng):
     x = device.asarray(randn(rng, 8))
-    with pytest.raises(ValueError, match=r"gelu.forward: no version 3; the versions are \[1, 2\]"):
-        G.forward(device.empty(8), x, version=3)
+    with pytest.raises(ValueError, match=r"gelu.forward: no version 4; the versions are \[1, 2, 3\]"):
+        G.forward(device.empty(8), x, version=4)
     with pytest.raises(ValueError, match=r"gelu_forward1: block_size must be an int between 1 and 1024"):
         G.forward(device.empty(8), x, version=1, block_size=2048)
     with pytest.raises(TypeError, match=r"gelu.backward takes the arrays \(dx, dout, x\), got 2"):
@@ -164,3 +166,122 @@ def test_wrong_dtype_is_refused():
     x64 = device.zeros(8, np.float64)
     with pytest.raises(ValueError, match="gelu_forward1: `x` must be float32, got float64"):
         G.forward(device.empty(8), x64, version=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# bf16 storage (mixed precision): version 3
+# ------------------------------------------------------------------------------------------------
+BF16 = np.dtype(ml_dtypes.bfloat16)
+U_BF16 = 2.0**-8   # bf16's unit roundoff: 8 significant bits, round to nearest
+BF16_VERSIONS = [v for v in G.VERSIONS["forward"] if v not in VERSIONS]
+FP32_TOL = dict(atol=1e-5, rtol=float(np.finfo(np.float32).eps))   # llm.c's, as the float32 tests above
+BF16_SHAPES = [(3, 37, 48), (2, 7, 20), (1, 1, 2)]   # n = B*T*4C: multiples of 8 (8 is the smallest)
+
+
+def test_bf16_version_is_3_in_both_steps():
+    assert BF16_VERSIONS == [3] and [v for v, line in G.VERSIONS["backward"].items() if line.startswith("bf16:")] == [3]
+
+
+def bf16_randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(BF16)
+
+
+def check_bf16(name, got, ref, atol, rtol):
+    """A bf16 output against the float64 reference `ref` computed on the same (bf16) inputs.
+
+    The kernel computes y32 in float32, within E = atol + rtol*|ref| of ref (the float32 versions'
+    bound), and stores bf16(y32), rounded once to nearest: |bf16(y32) - y32| <= U_BF16*|y32| <=
+    U_BF16*(|ref| + E). So |out - ref| <= (1 + U_BF16)*atol + (U_BF16 + (1 + U_BF16)*rtol)*|ref|.
+    Tighter, as rounding is monotone: bf16(ref - E) <= out <= bf16(ref + E) (through float32, which
+    is the same rounding for the float32 y32), i.e. out is one of the bf16 values y32 could round to."""
+    helpers.check(name, got, ref, atol=(1 + U_BF16) * atol, rtol=U_BF16 + (1 + U_BF16) * rtol)
+    out = device.asnumpy(got).astype(np.float64)
+    err = atol + rtol * np.abs(ref)
+    low, high = ((ref + sign * err).astype(np.float32).astype(BF16).astype(np.float64) for sign in (-1, 1))
+    assert np.all((low <= out) & (out <= high)), f"{name}: outside the bf16 roundings of ref -+ E"
+
+
+def ulps_apart(a, b):
+    """How many bf16 values lie between a and b (bf16 arrays): their bit patterns as ordered integers."""
+    def ordered(x):
+        u = device.asnumpy(x).view(np.uint16).astype(np.int64)
+        return np.where(u & 0x8000, -(u & 0x7FFF), u)
+    return np.abs(ordered(a) - ordered(b))
+
+
+@pytest.mark.parametrize("B, T, C", BF16_SHAPES)
+def test_bf16_forward(B, T, C, rng):
+    x = bf16_randn(rng, B, T, 4 * C, scale=2)
+    out = device.empty(x.shape, BF16)
+    G.forward(out, device.asarray(x), version=3)
+    assert out.dtype == BF16
+    check_bf16(f"gelu_forward3 {(B, T, C)}", out, G.gelu_forward(f64(x)), **FP32_TOL)
+
+
+def test_bf16_forward_is_the_rounded_float32_gelu(rng):
+    """Where the float32 formula is accurate (x >= -3: 1 + tanh u >= 2e-3 there, so float32's
+    cancellation costs a relative 1e-4 at most, far below bf16's 2^-8), the output is ml_dtypes'
+    rounding of NumPy's float32 GELU, or its neighbour when the two float32 values straddle a
+    rounding boundary. Below -3 both are within llm.c's absolute 1e-5 (test_bf16_forward) but may
+    round many bf16 steps apart: those values are tiny."""
+    x = np.concatenate([np.linspace(-3, 6, 4096), rng.uniform(-3, 3, 4096)]).astype(BF16)
+    out = device.empty(x.shape, BF16)
+    G.forward(out, device.asarray(x), version=3)
+    want = G.gelu_forward(x.astype(np.float32)).astype(BF16)
+    assert ulps_apart(out, want).max() <= 1
+    assert (ulps_apart(out, want) == 0).mean() > 0.99
+
+
+@pytest.mark.parametrize("B, T, C", BF16_SHAPES)
+def test_bf16_backward(B, T, C, rng):
+    """dx += gelu'(x) * dout: the bf16 dx is loaded, the float32 product added, the sum rounded once.
+    The float64 reference starts from the same bf16 dx; the float32 bound is the float32 tests'."""
+    x, dout, dx = (bf16_randn(rng, B, T, 4 * C) for _ in range(3))
+    x = (x.astype(np.float32) * 2).astype(BF16)
+    ref = f64(dx)
+    G.gelu_backward(ref, f64(dout), f64(x))
+    dx_d = device.asarray(dx.copy())
+    G.backward(dx_d, device.asarray(dout), device.asarray(x), version=3)
+    assert dx_d.dtype == BF16
+    check_bf16(f"gelu_backward3 {(B, T, C)}", dx_d, ref, **FP32_TOL)
+
+
+def test_bf16_racecheck(rng):
+    B, T, C = SHAPES[0]
+    x, dout, dx = (device.asarray(bf16_randn(rng, B * T * C)) for _ in range(3))
+    launches = G.launches("forward", device.empty(B * T * C, BF16), x, version=3) + \
+        G.launches("backward", dx, dout, x, version=3)
+    assert [launch.name for launch in launches] == ["gelu_forward3", "gelu_backward3"]
+    for launch in launches:
+        device.racecheck(*launch)
+
+
+def test_bf16_refusals(rng):
+    x = device.asarray(bf16_randn(rng, 1004))   # a multiple of 4, not of 8
+    with pytest.raises(ValueError, match=r"gelu_forward3 loads 8 bf16 at a time \(16 bytes\): n must be a multiple of "
+                                         r"8, got n=1004 \(use float32 arrays and version 1, which takes any n\)"):
+        G.forward(device.empty(1004, BF16), x, version=3)
+    with pytest.raises(ValueError, match=r"gelu_backward3 loads 8 bf16 at a time .* got n=1004"):
+        G.backward(x.copy(), x, x, version=3)
+    view = device.asarray(bf16_randn(rng, 1032))[4:1028]   # 1024 values, 8 bytes past an aligned address
+    assert view.size % 8 == 0 and view.flags.c_contiguous
+    with pytest.raises(ValueError, match=r"gelu_forward3 loads 16 bytes at a time: `x` must start at a 16-byte aligned "
+                                         r"address, but it starts 8 bytes past one"):
+        G.forward(device.empty(1024, BF16), view, version=3)
+    with pytest.raises(ValueError, match=r"gelu_backward3 loads 16 bytes at a time: `dx` must start"):
+        G.backward(view, device.zeros(1024, BF16), device.zeros(1024, BF16), version=3)
+    with pytest.raises(ValueError, match=r"gelu_backward3 works elementwise: .*`dout` \(8,\)"):
+        G.backward(device.zeros(16, BF16), device.zeros(8, BF16), device.zeros(16, BF16), version=3)
+    G.forward(device.empty(0, BF16), device.empty(0, BF16), version=3)   # nothing to do
+
+
+def test_bf16_and_float32_versions_refuse_each_others_arrays(rng):
+    xb, x32 = device.asarray(bf16_randn(rng, 64)), device.asarray(randn(rng, 64))
+    for v in VERSIONS:
+        with pytest.raises(ValueError, match=fr"gelu_forward{v}: `x` must be float32, got bfloat16 \(a bf16 array: "
+                                             r"the bf16 versions take it"):
+            G.forward(device.empty(64), xb, version=v)
+    with pytest.raises(ValueError, match=r"gelu_forward3: `x` must be bfloat16, got float32"):
+        G.forward(device.empty(64, BF16), x32, version=3)
+    with pytest.raises(ValueError, match=r"gelu_backward3: `dx` must be bfloat16, got float32"):
+        G.backward(device.zeros(64), xb, xb, version=3)

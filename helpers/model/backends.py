@@ -111,6 +111,30 @@ class NumpyOps:
         swiglu_ops.swiglu_backward(dgate_up, dout, gate_up)
 
 
+def bf16_version(op, step: str) -> int:
+    """The version of op's step whose VERSIONS line starts with "bf16:" (a clear error if there is none)."""
+    found = [v for v, line in op.VERSIONS[step].items() if line.startswith("bf16:")]
+    if not found:
+        raise ValueError(f"{op.__name__} has no bf16 version of its {step!r} step")
+    return max(found)
+
+
+def bf16_versions() -> dict:
+    """The versions dict of CudaOps for mixed precision (GPT-2's ops)."""
+    return {"encoder_forward": bf16_version(encoder_ops, "forward"),
+            "encoder_backward": bf16_version(encoder_ops, "backward"),
+            "layernorm_forward": bf16_version(layernorm_ops, "forward"),
+            "layernorm_backward": bf16_version(layernorm_ops, "backward"),
+            # tensor cores (WMMA) where there are: sm_80 and later, and the CPU backend's emulation
+            "matmul_forward": 5 if matmul_ops.wmma_available() else 4,
+            "matmul_backward": 5 if matmul_ops.wmma_available() else 4,
+            "attention": bf16_version(attention_ops, "forward"),
+            "attention_backward": bf16_version(attention_ops, "backward"),
+            "gelu": bf16_version(gelu_ops, "forward"), "residual": bf16_version(residual_ops, "forward"),
+            "classifier": bf16_version(classifier_ops, "forward"), "adamw": bf16_version(adamw_ops, "update"),
+            "kv_cache": bf16_version(kv_cache_ops, "forward")}
+
+
 class CudaOps:
     """Every op through the kernels of cuda/, on the active device (CuPy or the CPU backend).
 
@@ -121,8 +145,9 @@ class CudaOps:
     attention's version 3; every version used here is deterministic (no float atomics)."""
     name = "cuda"
 
-    def __init__(self, config, versions: dict | None = None):
+    def __init__(self, config, versions: dict | None = None, bf16: bool = False):
         self.xp = device.xp
+        self.bf16 = bf16
         vec = config.n_embd % 4 == 0
         hidden = getattr(config, "intermediate_size", 4 * config.n_embd)   # the MLP's width (GPT-2: 4C)
         head = getattr(config, "head_dim", config.n_embd // config.n_head)
@@ -133,7 +158,10 @@ class CudaOps:
                   "encoder_forward": 2 if vec else 1, "encoder_backward": 2, "layernorm_forward": 3 if vec else 2,
                   "layernorm_backward": 2, "matmul_forward": 3 if vec else 2, "matmul_backward": 3 if vec else 2,
                   "attention": 3, "gelu": 2 if vec else 1, "residual": 2 if vec else 1, "classifier": 3,
-                  "adamw": 2 if vec else 1, "norm": 3, "kv_cache": 1, **(versions or {})}
+                  "adamw": 2 if vec else 1, "norm": 3, "kv_cache": 1}
+        if bf16:   # mixed precision: the bf16 version of every op (the gradient norm reads float32 gradients)
+            self.v.update(bf16_versions())
+        self.v.update(versions or {})
         self.attention_version = self.v["attention"]
         self.gqa_version = self.v["gqa"]
 
@@ -152,7 +180,7 @@ class CudaOps:
     def matmul_forward(self, out, x, w, b):
         # one row (a generation step): the naive kernel, one thread per output; a 128x128 tile would be
         # 127/128 idle
-        version = 1 if x.size == x.shape[-1] else self._matmul_version("matmul_forward", w)
+        version = 1 if x.size == x.shape[-1] and not self.bf16 else self._matmul_version("matmul_forward", w)
         matmul_ops.forward(out, x, w, b, version=version)
 
     def matmul_backward(self, dx, dw, db, dout, x, w):
@@ -169,7 +197,8 @@ class CudaOps:
                               **({"att": att} if self.attention_version == 1 else {"lse": lse}))
 
     def attention_backward(self, dqkv, dout, qkv, out, n_head, att=None, lse=None):
-        attention_ops.backward(dqkv, dout, qkv, out, n_head, version=self.attention_version,
+        attention_ops.backward(dqkv, dout, qkv, out, n_head, version=self.v.get("attention_backward",
+                                                                                 self.attention_version),
                                **({"att": att} if self.attention_version == 1 else {"lse": lse}))
 
     def gelu_forward(self, out, x):
@@ -189,8 +218,10 @@ class CudaOps:
         classifier_ops.forward(losses, dlogits, logits, targets, V, dloss, version=self.v["classifier"],
                                         check_targets=False)
 
-    def adamw(self, p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale):
-        adamw_ops.update(p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale=grad_scale, version=self.v["adamw"])
+    def adamw(self, p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale, **bf16):
+        # bf16: `master` (the float32 weights) and `seed` (of the stochastic rounding of p)
+        adamw_ops.update(p, g, m, v, t, lr, beta1, beta2, eps, wd, grad_scale=grad_scale, version=self.v["adamw"],
+                         **bf16)
 
     def norm_squared(self, flat):
         return global_norm_ops.squared_norm(flat, version=self.v["norm"])

@@ -16,9 +16,12 @@ A model class defines:
 from __future__ import annotations
 
 import math
+import warnings
 
+import ml_dtypes
 import numpy as np
 
+from ..ops import adamw as adamw_ops
 from ..runtime import device
 from .backends import CudaOps, NumpyOps
 from .generate import generate
@@ -29,22 +32,56 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:10.1f} MiB"
 
 
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def resolve_dtype(model_name: str, dtype: str, backend: str, bf16_ready: bool) -> str:
+    """"fp32" or "bf16" (mixed precision: bf16 storage, fp32 compute and master weights, on the kernels),
+    after the checks; a GPU without bf16 support (before sm_80) falls back to fp32 and says so."""
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
+    if dtype == "fp32":
+        return dtype
+    if backend != "cuda":
+        raise ValueError("dtype='bf16' runs the bf16 kernel versions: it needs backend='cuda' (the numpy backend "
+                         "computes in float32)")
+    if not bf16_ready:
+        raise ValueError(f"{model_name} has no bf16 kernels for all its ops yet: use dtype='fp32'")
+    if device.name == "cupy" and int(str(getattr(device.xp, "__version__", "14")).split(".")[0]) < 14:
+        warnings.warn(f"CuPy {device.xp.__version__} has no bfloat16 arrays (CuPy 14 added them, through ml_dtypes): "
+                      f"the model runs in fp32 (dtype='fp32'); pip install 'cupy-cuda12x>=14' for bf16", stacklevel=3)
+        return "fp32"
+    capability = device.compute_capability()
+    if capability is not None and capability < (8, 0):
+        warnings.warn(f"this GPU is sm_{capability[0]}{capability[1]}: bf16 arithmetic and bf16 tensor cores start "
+                      f"with sm_80 (A100), so the model runs in fp32 here (dtype='fp32')", stacklevel=3)
+        return "fp32"
+    return dtype
+
+
 class LanguageModel:
     NO_GRADIENT: tuple = ()
     DECAYED: tuple = ()
     PADDED: tuple = ()
+    STATISTICS: tuple = ()      # activations that stay float32 in bf16 mode (normalisation statistics, lse, losses)
+    BF16_READY = False          # every op the model uses has a bf16 kernel version
 
-    def __init__(self, config, backend: str = "numpy", seed: int | None = 0, cuda_versions: dict | None = None):
+    def __init__(self, config, backend: str = "numpy", seed: int | None = 0, cuda_versions: dict | None = None,
+                 dtype: str = "fp32"):
         self.config = config
+        self.dtype = resolve_dtype(type(self).__name__, dtype, backend, self.BF16_READY)
         if backend == "numpy":
             self.ops = NumpyOps()
         elif backend == "cuda":
-            self.ops = CudaOps(config, cuda_versions)
+            self.ops = CudaOps(config, cuda_versions, bf16=self.dtype == "bf16")
         else:
             raise ValueError(f"backend must be 'numpy' or 'cuda', got {backend!r}")
         self.backend = backend
         self.xp = self.ops.xp
-        self.params = FlatBuffer(self.parameter_shapes(), self.xp)
+        self.storage = BF16 if self.dtype == "bf16" else np.dtype(np.float32)   # activations and weights
+        # the weights the kernels read; in bf16 mode a bf16 copy of the float32 master weights
+        self.params = FlatBuffer(self.parameter_shapes(), self.xp, dtype=self.storage)
+        self.master = FlatBuffer(self.parameter_shapes(), self.xp) if self.dtype == "bf16" else None
         self.grads = None           # allocated at the first backward (zero_grad)
         self.acts = self.grad_acts = None
         self.B = self.T = 0
@@ -81,11 +118,20 @@ class LanguageModel:
                 t = np.concatenate([t, np.zeros((shape[0] - t.shape[0], shape[1]), np.float32)])
             if t.shape != shape:
                 raise ValueError(f"parameter {k} has shape {t.shape}, but the config {self.config} needs {shape}")
+            if self.master is not None:   # bf16: the float32 master, and its copy rounded to nearest
+                self.master[k][...] = self.xp.asarray(t)
+                t = t.astype(BF16)
             self.params[k][...] = self.xp.asarray(t)
 
     def state(self) -> dict[str, np.ndarray]:
-        """The parameters as host NumPy arrays (the vocabulary tables with their padded rows)."""
-        return {k: device.asnumpy(v).copy() for k, v in self.params.views.items()}
+        """The parameters as float32 host NumPy arrays (the vocabulary tables with their padded rows; in bf16
+        mode the master weights)."""
+        weights = self.master if self.master is not None else self.params
+        return {k: device.asnumpy(v).copy() for k, v in weights.views.items()}
+
+    def activation_dtypes(self, shapes: dict) -> dict:
+        """The dtype of each activation: the storage type, but float32 for the STATISTICS."""
+        return {k: np.float32 if k in self.STATISTICS else self.storage for k in shapes}
 
     def num_parameters(self) -> int:
         """Parameters of the real model (the padded vocabulary rows not counted), like PyTorch's count."""
@@ -94,9 +140,9 @@ class LanguageModel:
         return sum(self.params.sizes.values()) - padding * sum(k in self.params.views for k in self.PADDED)
 
     @classmethod
-    def from_tensors(cls, config, tensors: dict, backend: str = "numpy"):
+    def from_tensors(cls, config, tensors: dict, backend: str = "numpy", dtype: str = "fp32"):
         """A model of `config` holding `tensors` in this project's layout (checked against the config)."""
-        model = cls(config, backend=backend, seed=None)
+        model = cls(config, backend=backend, seed=None, dtype=dtype)
         model.load_state(tensors)
         return model
 
@@ -104,22 +150,28 @@ class LanguageModel:
     def _plan(self, B: int, T: int):
         if self.acts is not None and (B, T) == (self.B, self.T):
             return
-        self.acts = FlatBuffer(self.activation_shapes(B, T), self.xp)
+        shapes = self.activation_shapes(B, T)
+        self.acts = FlatBuffer(shapes, self.xp, dtypes=self.activation_dtypes(shapes))
         self.grad_acts = None
         self.B, self.T = B, T
 
     def memory_plan(self, B: int | None = None, T: int | None = None) -> str:
         """The buffers this model allocates for batches of (B, T), as a table (also printed)."""
         B, T = B or self.B or 1, T or self.T or self.config.block_size
-        p = sum(int(np.prod(s)) for s in self.parameter_shapes().values()) * 4
+        numel = sum(int(np.prod(s)) for s in self.parameter_shapes().values())
+        p, w = numel * 4, numel * self.storage.itemsize
         acts = self.activation_shapes(B, T)
-        a = sum(int(np.prod(s)) for s in acts.values()) * 4
-        da = sum(int(np.prod(s)) for s in self.activation_gradient_shapes(acts).values()) * 4
-        rows = [("parameters", p), ("gradients", p), ("AdamW m", p), ("AdamW v", p), (f"activations (B={B}, T={T})", a),
-                ("activation gradients", da)]
-        lines = [f"memory plan, {type(self).__name__}, {self.backend} backend, {self.num_parameters():,} parameters"]
-        lines += [f"  {name:<30}{_mib(n)}" for name, n in rows]
-        lines.append(f"  {'total':<30}{_mib(sum(n for _, n in rows))}")
+        dtypes = self.activation_dtypes(acts)
+        a = sum(int(np.prod(s)) * np.dtype(dtypes[k]).itemsize for k, s in acts.items())
+        da = sum(int(np.prod(s)) * self.storage.itemsize for s in self.activation_gradient_shapes(acts).values())
+        kind = "bf16" if self.dtype == "bf16" else "fp32"
+        rows = [("parameters", kind, w)] + ([("master weights", "fp32", p)] if self.dtype == "bf16" else []) + [
+            ("gradients", "fp32", p), ("AdamW m", "fp32", p), ("AdamW v", "fp32", p),
+            (f"activations (B={B}, T={T})", kind, a), ("activation gradients", kind, da)]
+        lines = [f"memory plan, {type(self).__name__}, {self.backend} backend, {self.dtype}, "
+                 f"{self.num_parameters():,} parameters"]
+        lines += [f"  {name:<30}{dt:<6}{_mib(n)}" for name, dt, n in rows]
+        lines.append(f"  {'total':<36}{_mib(sum(n for _, _, n in rows))}")
         text = "\n".join(lines)
         print(text)
         return text
@@ -178,7 +230,7 @@ class LanguageModel:
         if self.grads is None:
             self.zero_grad()
         if self.grad_acts is None:
-            self.grad_acts = FlatBuffer(self.activation_gradient_shapes(self.acts.shapes), self.xp)
+            self.grad_acts = FlatBuffer(self.activation_gradient_shapes(self.acts.shapes), self.xp, dtype=self.storage)
         self.grad_acts.memory[...] = 0
         return self.grads, self.grad_acts
 
@@ -227,16 +279,32 @@ class AdamW:
         if model.grads is None:
             raise RuntimeError("no gradients: call model.backward() before optimizer.step()")
         self.t += 1
-        for k in model.params.views:
+        for i, k in enumerate(model.params.views):
             wd = self.weight_decay if k in model.DECAYED else 0.0
+            extra = {} if model.master is None else {"master": model.master[k].reshape(-1),
+                                                      "seed": self.rounding_seed(self.t, i)}
             model.ops.adamw(model.params[k].reshape(-1), model.grads[k].reshape(-1), self.m[k].reshape(-1),
                             self.v[k].reshape(-1), self.t, self.lr, self.betas[0], self.betas[1], self.eps, wd,
-                            grad_scale)
+                            grad_scale, **extra)
+
+    @staticmethod
+    def rounding_seed(t: int, tensor: int) -> int:
+        """The seed of the stochastic rounding of parameter tensor number `tensor` at step t (bf16 mode): a
+        function of both, so a resumed run rounds exactly as the uninterrupted one."""
+        return (t * 1_000_003 + tensor * 7_919 + 1) & 0xFFFFFFFF
 
     def state(self) -> dict:
         return {"t": self.t, "m": device.asnumpy(self.m.memory).copy(), "v": device.asnumpy(self.v.memory).copy()}
 
     def load_state(self, state: dict):
+        """The optimizer's state of a checkpoint. In bf16 mode the model's bf16 weights are then rounded from
+        its float32 master weights exactly as step t rounded them (the same seeds): a resumed run goes on
+        with the same bits as one that never stopped."""
+        model = self.model
         self.t = int(state["t"])
-        self.m.memory[...] = self.model.xp.asarray(state["m"])
-        self.v.memory[...] = self.model.xp.asarray(state["v"])
+        self.m.memory[...] = model.xp.asarray(state["m"])
+        self.v.memory[...] = model.xp.asarray(state["v"])
+        if model.master is not None and self.t > 0:
+            for i, k in enumerate(model.params.views):
+                rounded = adamw_ops.stochastic_round(device.asnumpy(model.master[k]), self.rounding_seed(self.t, i))
+                model.params[k][...] = model.xp.asarray(rounded)

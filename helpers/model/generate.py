@@ -76,8 +76,9 @@ class KVCache:
 
     def __init__(self, model):
         self.model, self.pos = model, 0
-        self.cache = FlatBuffer(model.kv_cache_shapes(), model.xp)
-        self.acts = FlatBuffer(model.decode_shapes(), model.xp)
+        self.cache = FlatBuffer(model.kv_cache_shapes(), model.xp, dtype=model.storage)
+        shapes = model.decode_shapes()
+        self.acts = FlatBuffer(shapes, model.xp, dtypes=model.activation_dtypes(shapes))
 
     def step(self, token: int, logits: bool = True):
         """Feed one token at the next position; returns the logits (V,) for the token after it

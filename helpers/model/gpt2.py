@@ -36,10 +36,16 @@ class GPT2(LanguageModel):
     NO_GRADIENT = NO_GRADIENT
     DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
     PADDED = ("wte",)
+    STATISTICS = ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "lse", "att", "losses",
+                  "mean", "rstd")   # (the last two: the decode step's)
+    BF16_READY = True          # (the bf16 kernel versions: notebook 13)
 
     def __init__(self, config: GPT2Config | None = None, backend: str = "numpy", seed: int | None = 0,
-                 cuda_versions: dict | None = None):
-        super().__init__(config or GPT2Config(), backend, seed, cuda_versions)
+                 cuda_versions: dict | None = None, dtype: str = "fp32"):
+        """dtype "bf16": mixed precision on the cuda backend, as llm.c trains (notebook 13): weights and
+        activations stored in bf16, float32 master weights, gradients and optimizer state, every sum in
+        float32."""
+        super().__init__(config or GPT2Config(), backend, seed, cuda_versions, dtype)
 
     def parameter_shapes(self) -> dict[str, tuple]:
         return parameter_shapes(self.config)

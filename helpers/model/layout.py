@@ -131,26 +131,43 @@ def llama_activation_shapes(cfg: LlamaConfig, B: int, T: int, attention_version:
 
 class FlatBuffer:
     """One allocation carved into named views (llm.c's malloc_and_point). Each view starts at a multiple
-    of 256 bytes, as cudaMalloc's allocations do, so kernels may load it with float4."""
-    ALIGN = 64  # floats
+    of 256 bytes, as cudaMalloc's allocations do, so kernels may load it 16 bytes at a time.
 
-    def __init__(self, shapes: dict[str, tuple], xp, fill=0.0):
+    All views are `dtype` (float32 by default), or each its own with `dtypes` {name: dtype} (a bf16 model's
+    activations are bfloat16, its statistics float32): the memory is then bytes, viewed per tensor."""
+    ALIGN_BYTES = 256
+
+    def __init__(self, shapes: dict[str, tuple], xp, fill=0.0, dtype=np.float32, dtypes: dict | None = None):
         self.shapes = shapes
+        self.dtypes = {k: np.dtype((dtypes or {}).get(k, dtype)) for k in shapes}
         self.sizes = {k: int(np.prod(s)) for k, s in shapes.items()}
-        self.offsets, offset = {}, 0
+        self.offsets, offset = {}, 0           # in bytes
         for k in shapes:
             self.offsets[k] = offset
-            offset += -(-self.sizes[k] // self.ALIGN) * self.ALIGN
-        self.numel = offset
-        self.memory = xp.full(self.numel, fill, dtype=np.float32)
-        self.views = {k: self.memory[o:o + self.sizes[k]].reshape(shapes[k]) for k, o in self.offsets.items()}
+            offset += -(-self.sizes[k] * self.dtypes[k].itemsize // self.ALIGN_BYTES) * self.ALIGN_BYTES
+        single = len(set(self.dtypes.values())) <= 1
+        self.dtype = next(iter(self.dtypes.values()), np.dtype(dtype)) if single else None
+        if single:   # one dtype: the memory is an array of it (a flat float32 buffer for the norms, AdamW...)
+            itemsize = self.dtype.itemsize
+            self.numel = offset // itemsize
+            self.memory = xp.full(self.numel, fill, dtype=self.dtype)
+            self.views = {k: self.memory[o // itemsize:o // itemsize + self.sizes[k]].reshape(shapes[k])
+                          for k, o in self.offsets.items()}
+        else:
+            if fill != 0:
+                raise ValueError("a FlatBuffer of several dtypes can only be filled with zeros")
+            self.numel = None
+            self.memory = xp.zeros(offset, dtype=np.uint8)
+            self.views = {k: self.memory[o:o + self.sizes[k] * self.dtypes[k].itemsize].view(self.dtypes[k])
+                          .reshape(shapes[k]) for k, o in self.offsets.items()}
+        self._nbytes = offset
 
     def __getitem__(self, k):
         return self.views[k]
 
     @property
     def nbytes(self) -> int:
-        return self.numel * 4
+        return self._nbytes
 
 
 def _mib(nbytes: int) -> str:

@@ -42,11 +42,12 @@ class Llama(LanguageModel):
     NO_GRADIENT = ("logits", "dlogits", "losses", "rms1_rstd", "rms2_rstd", "rmsf_rstd", "att", "lse")
     DECAYED = ("wte", "qkvw", "attprojw", "fcw", "fcprojw", "lm_head")
     PADDED = ("wte", "lm_head")
+    STATISTICS = ("rms1_rstd", "rms2_rstd", "rmsf_rstd", "lse", "att", "losses", "rstd")
 
     def __init__(self, config: LlamaConfig | None = None, backend: str = "numpy", seed: int | None = 0,
-                 cuda_versions: dict | None = None):
+                 cuda_versions: dict | None = None, dtype: str = "fp32"):
         config = config or LlamaConfig()
-        super().__init__(config, backend, seed, cuda_versions)
+        super().__init__(config, backend, seed, cuda_versions, dtype)
         cos, sin = rope_ops.frequencies(config.head_dim, config.block_size, config.rope_theta)
         self.rope_cos, self.rope_sin = self.xp.asarray(cos), self.xp.asarray(sin)
 

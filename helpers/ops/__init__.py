@@ -23,11 +23,16 @@ dev/cuda) and `helpers/ops/x.py`, which holds, in this order:
   notebooks time them (`bench.measure(name, *launch)`);
 - the wrappers `forward(out..., inputs..., version=V)` and `backward(grads..., dout, inputs...,
   version=V)`, each `run(launches(step, ...))`. The default version is the rule everywhere: the
-  highest (the fastest; tests/test_ops_pattern.py asserts it).
+  highest float32 version (the fastest; tests/test_ops_pattern.py asserts it). Versions whose line
+  starts with "bf16:" take bf16 arrays and are asked for by number (common.float32_versions and
+  bf16_versions tell them apart).
 
 Conventions shared by all ops (used by the model in helpers.model):
 - activations are C-contiguous float32 device arrays (helpers.device), shaped like llm.c: B
   (batch), T (time), C (channels), NH (heads), V (vocabulary); weights in PyTorch's (out, in) layout;
+- in the bf16 versions (mixed precision, notebook 13) activations, their gradients and weights are
+  bf16 (common.BF16, ml_dtypes' bfloat16), parameter gradients and statistics (mean, rstd, lse,
+  losses) float32, and every computation float32: load, convert, compute, round once when storing;
 - backward functions and kernels ACCUMULATE (+=) into every gradient they produce, as llm.c's
   train_gpt2.c does: the caller zeroes gradients first (the classifier, whose dlogits may overwrite
   the logits, writes instead; its docstring says why);

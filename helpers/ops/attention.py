@@ -20,6 +20,13 @@ Memory the kernel versions need besides qkv and out (plan it from here):
     version 2  lse (B, NH, T) from the forward, kept for the backward; the backward allocates a
                (B, NH, T) scratch (D = rowsum(dout * out)) unless one is passed
     version 3  as version 2
+    version 4  as version 2, with qkv, out, dout and dqkv in bf16 (lse and the scratch stay float32)
+
+Version 4 is the mixed-precision one (notebook 13): bf16 storage, float32 arithmetic. Its arrays are
+ml_dtypes.bfloat16 device arrays (helpers.ops.common.BF16): forward(out bf16, qkv bf16, n_head,
+version=4, lse=float32 (B, NH, T)); backward(dqkv bf16 (+=), dout bf16, qkv bf16, out bf16, n_head,
+version=4, lse=float32, scratch=float32 (B, NH, T) or None). hs = C / n_head a multiple of 8 and <= 128,
+the bf16 arrays 16-byte aligned. The references below run on its inputs upcast (bf16 -> float64 is exact).
 
 Kernels: cuda/attention.cu (reductions from cuda/common.cuh) · notebook: notebooks/04_attention.ipynb ·
 tests: tests/test_op_attention.py
@@ -31,8 +38,8 @@ import math
 import numpy as np
 
 from ..runtime import device
-from .common import Launch, ceil_div, check_array, check_block, check_grid_y, check_int32, check_shared_memory, \
-    check_version, run, shape_of
+from .common import BF16, Launch, ceil_div, check_16_byte_aligned, check_array, check_block, check_grid_y, \
+    check_int32, check_multiple_of, check_shared_memory, check_version, run, shape_of
 
 #: Kernel versions in cuda/attention.cu: attention_forward<N>[_part], attention_backward<N>_part.
 VERSIONS = {
@@ -41,16 +48,22 @@ VERSIONS = {
         2: "fused: one warp per query row, online softmax, only the row's log-sum-exp stored",
         3: "tiled: K/V tiles of 32 rows in shared memory shared by the warps of a block, one key per lane, "
            "one online-softmax update per tile of 32 keys",
+        4: "bf16: version 3 on bf16 out and qkv (16-byte bf16x8 loads and stores, float32 tiles, scores and "
+           "softmax; lse float32); hs % 8 == 0, 16-byte aligned",
     },
     "backward": {
         1: "naive: four kernels through a (B, NH, T, T) scratch (datt, then dscores)",
         2: "recomputes the probabilities from lse (flash-attention-2 style): one warp per query row (dq) "
            "and per key row (dk, dv)",
         3: "tiled: Q/dy and K/V tiles of 32 rows in shared memory, as forward version 3",
+        4: "bf16: version 3 on bf16 dqkv (+=, rounded once), dout, qkv and out; lse, D scratch and accumulators "
+           "float32; hs % 8 == 0, 16-byte aligned",
     },
 }
 
-MAX_HEAD_SIZE = 128      # versions 2 and 3: a lane holds channels lane, lane + 32, lane + 64, lane + 96
+MAX_HEAD_SIZE = 128      # versions 2 to 4: a lane holds channels lane, lane + 32, lane + 64, lane + 96
+BF16_VERSION = 4         # forward and backward: bf16 storage
+BF16_CHUNK = 8           # version 4 moves 8 bf16 (16 bytes) at a time
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,13 +143,18 @@ def module():
     return device.load_module("attention.cu")
 
 
-def _expect(kernel, name, a, shape):
-    check_array(kernel, name, a, shape=shape)
+def _expect(kernel, name, a, shape, dtype=np.float32):
+    check_array(kernel, name, a, shape=shape, dtype=dtype)
 
 
-def _dims(kernel, qkv, n_head):
+def _storage(version):
+    """The dtype of qkv, out, dout and dqkv: bf16 for version 4, float32 for the others."""
+    return BF16 if version == BF16_VERSION else np.float32
+
+
+def _dims(kernel, qkv, n_head, dtype=np.float32):
     """B, T, C, hs from qkv's shape, with the assumptions every version makes."""
-    check_array(kernel, "qkv", qkv, 3)
+    check_array(kernel, "qkv", qkv, 3, dtype=dtype)
     B, T, C3 = shape_of(qkv)
     if C3 % 3:
         raise ValueError(f"{kernel}: qkv's last dimension holds q, k and v: it must be 3*C, got {C3}")
@@ -178,6 +196,14 @@ def backward3_dkdv_shared_bytes(hs, block_size):
     return 4 * (2 * 32 * (hs + 1) + 64 + 2 * nw * hs + 2 * nw * 32)
 
 
+def _check_bf16_rows(kernel, hs, **arrays):
+    """Version 4 moves rows of a head 8 bf16 (16 bytes) at a time: hs % 8 == 0, arrays 16-byte aligned."""
+    fallback = "version 3 on float32 arrays, .astype(np.float32)"
+    check_multiple_of(kernel, "hs", hs, BF16_CHUNK,
+                      "moves a head's rows of hs = C / n_head channels 8 bf16 (16 bytes) at a time", fallback)
+    check_16_byte_aligned(kernel, fallback, **arrays)
+
+
 def _check_version3(kernel, B, n_head, hs, bs, smem):
     check_shared_memory(kernel, smem, f"hs={hs} with block_size={bs}", "use a smaller block_size")
     check_grid_y(kernel, B * n_head, f"the (b, h) pairs (B*NH = {B}*{n_head})")
@@ -191,8 +217,9 @@ def launches(step: str, *args, version: int, **options) -> list[Launch]:
 
 def _forward_launches(out, qkv, n_head, *, version, att=None, lse=None, block_size=None):
     kernel = f"attention_forward{version}"
-    B, T, C, hs = _dims(kernel, qkv, n_head)
-    _expect(kernel, "out", out, (B, T, C))
+    dtype = _storage(version)
+    B, T, C, hs = _dims(kernel, qkv, n_head, dtype)
+    _expect(kernel, "out", out, (B, T, C), dtype)
     fn = module().get_function
     args = (qkv, B, T, C, n_head)
     if version == 1:
@@ -207,16 +234,19 @@ def _forward_launches(out, qkv, n_head, *, version, att=None, lse=None, block_si
     bs = _block_size(kernel, block_size, 128 if version == 2 else 256, whole_warps=True)
     if version == 2:
         return [Launch(fn("attention_forward2"), (ceil_div(B * n_head * T, bs // 32),), (bs,), (out, lse, *args))]
-    smem = forward3_shared_bytes(hs, bs)
+    if version == BF16_VERSION:
+        _check_bf16_rows(kernel, hs, out=out, qkv=qkv)
+    smem = forward3_shared_bytes(hs, bs)   # version 4: the same float32 tiles
     _check_version3(kernel, B, n_head, hs, bs, smem)
-    return [Launch(fn("attention_forward3"), (ceil_div(T, bs // 32), B * n_head), (bs,), (out, lse, *args), smem)]
+    return [Launch(fn(kernel), (ceil_div(T, bs // 32), B * n_head), (bs,), (out, lse, *args), smem)]
 
 
 def _backward_launches(dqkv, dout, qkv, out, n_head, *, version, att=None, lse=None, scratch=None, block_size=None):
     kernel = f"attention_backward{version}"
-    B, T, C, hs = _dims(kernel, qkv, n_head)
-    _expect(kernel, "dqkv", dqkv, (B, T, 3 * C))
-    _expect(kernel, "dout", dout, (B, T, C))
+    dtype = _storage(version)
+    B, T, C, hs = _dims(kernel, qkv, n_head, dtype)
+    _expect(kernel, "dqkv", dqkv, (B, T, 3 * C), dtype)
+    _expect(kernel, "dout", dout, (B, T, C), dtype)
     fn = module().get_function
     dims = (B, T, C, n_head)
     if version == 1:
@@ -232,23 +262,26 @@ def _backward_launches(dqkv, dout, qkv, out, n_head, *, version, att=None, lse=N
             Launch(fn("attention_backward1_dkdv"), (ceil_div(B * T * C, bs),), (bs,),
                    (dqkv, scratch, att, dout, qkv, *dims))]
     _check_head_size(kernel, hs)
-    _expect(kernel, "out", out, (B, T, C))
+    _expect(kernel, "out", out, (B, T, C), dtype)
     _expect(kernel, "lse", lse, (B, n_head, T))
     bs = _block_size(kernel, block_size, 128 if version == 2 else 256, whole_warps=True)
-    if version == 3:
+    if version == BF16_VERSION:
+        _check_bf16_rows(kernel, hs, dqkv=dqkv, dout=dout, qkv=qkv, out=out)
+    if version >= 3:   # version 4: version 3's shared memory
         smem_dq, smem_dkdv = backward3_dq_shared_bytes(hs, bs), backward3_dkdv_shared_bytes(hs, bs)
         _check_version3(kernel, B, n_head, hs, bs, max(smem_dq, smem_dkdv))
     scratch = device.empty((B, n_head, T)) if scratch is None else scratch
     _expect(kernel, "scratch", scratch, (B, n_head, T))
     rows = B * n_head * T
     grads = (dqkv, dout, qkv, lse, scratch, *dims)
-    runs = [Launch(fn("attention_backward2_preprocess"), (ceil_div(rows, 128),), (128,), (scratch, dout, out, *dims))]
+    preprocess = "attention_backward4_preprocess" if version == BF16_VERSION else "attention_backward2_preprocess"
+    runs = [Launch(fn(preprocess), (ceil_div(rows, 128),), (128,), (scratch, dout, out, *dims))]
     if version == 2:
         return runs + [Launch(fn("attention_backward2_dq"), (ceil_div(rows, bs // 32),), (bs,), grads),
                        Launch(fn("attention_backward2_dkdv"), (ceil_div(rows, bs // 32),), (bs,), grads)]
     grid = (ceil_div(T, bs // 32), B * n_head)
-    return runs + [Launch(fn("attention_backward3_dq"), grid, (bs,), grads, smem_dq),
-                   Launch(fn("attention_backward3_dkdv"), grid, (bs,), grads, smem_dkdv)]
+    return runs + [Launch(fn(f"{kernel}_dq"), grid, (bs,), grads, smem_dq),
+                   Launch(fn(f"{kernel}_dkdv"), grid, (bs,), grads, smem_dkdv)]
 
 
 def forward(out, qkv, n_head, version=3, *, att=None, lse=None, block_size=None) -> None:
@@ -262,6 +295,9 @@ def forward(out, qkv, n_head, version=3, *, att=None, lse=None, block_size=None)
                block_size a multiple of 32 (one warp per query row; default 128).
     version 3: like version 2 (same `lse`), tiled; default block_size 256 (8 query rows per block),
                its shared memory (forward3_shared_bytes) must fit in 48 KiB, B*NH <= 65535.
+    version 4: version 3 on bf16 `out` and `qkv` (ml_dtypes.bfloat16 device arrays), `lse` float32;
+               hs a multiple of 8, out and qkv 16-byte aligned. out is version 3's float32 result
+               rounded once to bf16.
     """
     run(launches("forward", out, qkv, n_head, version=version, att=att, lse=lse, block_size=block_size))
 
@@ -277,6 +313,9 @@ def backward(dqkv, dout, qkv, out, n_head, version=3, *, att=None, lse=None, scr
                hs <= 128, block_size a multiple of 32 (default 128). Three launches.
     version 3: as version 2, tiled (default block_size 256; shared memory, see
                backward3_dq_shared_bytes and backward3_dkdv_shared_bytes, within 48 KiB; B*NH <= 65535).
+    version 4: version 3 on bf16 `dqkv`, `dout`, `qkv` and `out`, with `lse` (float32) from forward
+               version 4; the scratch is float32. dqkv += ... adds in float32 and rounds once to bf16.
+               hs a multiple of 8, the bf16 arrays 16-byte aligned.
     """
     run(launches("backward", dqkv, dout, qkv, out, n_head, version=version, att=att, lse=lse, scratch=scratch,
                  block_size=block_size))

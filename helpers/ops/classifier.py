@@ -17,6 +17,11 @@ the logits feed nothing but the loss, so their gradient can be made right away).
 kernels, these WRITE dlogits instead of accumulating into it: dlogits may be the logits array itself
 (in place, saving (B, T, Vp) floats), and there is no other term to add.
 
+Version 4 is the mixed-precision one (notebook 13): forward(losses float32 (B, T), dlogits bf16 (B, T, Vp),
+logits bf16 (B, T, Vp), targets int32 (B, T), V, dloss, version=4): bf16 (ml_dtypes.bfloat16, BF16) logits
+and dlogits, the softmax and the losses in float32, each gradient rounded once to bf16; dlogits written
+(it may be the logits array), zeros in the padded columns. Vp a multiple of 8, both arrays 16-byte aligned.
+
 Kernels: cuda/classifier.cu (block reductions from cuda/common.cuh) ·
 notebook: notebooks/06_classifier.ipynb · tests: tests/test_op_classifier.py
 """
@@ -25,8 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..runtime import device
-from .common import Launch, ceil_div, check_array, check_block, check_float4, check_int32, check_multiple_of_4, \
-    check_version, run, shape_of
+from .common import BF16, Launch, ceil_div, check_16_byte_aligned, check_array, check_block, check_float4, \
+    check_int32, check_multiple_of, check_multiple_of_4, check_version, run, shape_of
 
 #: Kernel versions in cuda/classifier.cu.
 VERSIONS = {
@@ -36,12 +41,15 @@ VERSIONS = {
         2: "fused_classifier2: a block per row, online softmax (max and sum in one read), then dlogits; "
            "no probabilities stored",
         3: "fused_classifier3: version 2 with float4 loads and stores; Vp must be a multiple of 4",
+        4: "bf16: fused_classifier4: version 3 on bf16 logits and dlogits (16-byte bf16x8 loads and stores), "
+           "softmax and float32 losses computed in float32; Vp must be a multiple of 8, 16-byte aligned",
     },
 }
 
 ROW_BLOCK_SIZE = 128   # version 1's thread-per-row kernels: threads per block
 BLOCK_SIZE = 256       # version 1's elementwise kernel: threads per block
 FUSED_BLOCK_SIZE = 512  # fused kernels: threads per block, i.e. per row
+BF16_VERSION = 4       # bf16 logits and dlogits
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,9 +117,10 @@ def launches(step: str, *args, version: int, **options) -> list[Launch]:
 def _forward_launches(losses, dlogits, logits, targets, V, dloss, *, version, probs=None,
                       block_size=FUSED_BLOCK_SIZE, check_targets=True):
     kernel = f"fused_classifier{version}" if version > 1 else "classifier version 1"
-    check_array(kernel, "logits", logits, 3)
+    dtype = BF16 if version == BF16_VERSION else np.float32   # of logits and dlogits; losses are float32
+    check_array(kernel, "logits", logits, 3, dtype=dtype)
     B, T, Vp = shape_of(logits)
-    check_array(kernel, "dlogits", dlogits, shape=(B, T, Vp))
+    check_array(kernel, "dlogits", dlogits, shape=(B, T, Vp), dtype=dtype)
     check_array(kernel, "losses", losses, shape=(B, T))
     check_array(kernel, "targets", targets, dtype=np.int32, shape=(B, T))
     if isinstance(V, bool) or not isinstance(V, (int, np.integer)):
@@ -139,6 +148,11 @@ def _forward_launches(losses, dlogits, logits, targets, V, dloss, *, version, pr
         check_multiple_of_4(kernel, "Vp (the last dimension of the logits)", Vp,
                             "version 2, or pad the vocabulary as llm.c's Vp=50304")
         check_float4(kernel, "version 2", logits=logits, dlogits=dlogits)
+    if version == BF16_VERSION:
+        fallback = "version 3 on float32 arrays, .astype(np.float32)"
+        check_multiple_of(kernel, "Vp (the last dimension of the logits)", Vp, 8, "loads 8 bf16 (16 bytes) at a time",
+                          "a vocabulary padded as llm.c's Vp=50304, or " + fallback)
+        check_16_byte_aligned(kernel, fallback, logits=logits, dlogits=dlogits)
     return [Launch(fn(kernel), (N,), (int(block_size),), (losses, dlogits, logits, targets, float(dloss), int(V), Vp))]
 
 
@@ -148,6 +162,7 @@ def forward(losses, dlogits, logits, targets, V, dloss, version=3, *, probs=None
     zeros in the padded columns (device arrays). dlogits is WRITTEN (not accumulated) and may be the
     logits array itself, which is then overwritten with its gradient. Version 1 needs `probs`, a
     (B, T, Vp) float32 scratch, and left holding the probabilities; block_size is the fused
-    versions' threads per row."""
+    versions' threads per row. Version 4 takes bf16 logits and dlogits (ml_dtypes.bfloat16 device arrays,
+    Vp a multiple of 8, 16-byte aligned) and float32 losses; each gradient is rounded once to bf16."""
     run(launches("forward", losses, dlogits, logits, targets, V, dloss, version=version, probs=probs,
                  block_size=block_size, check_targets=check_targets))

@@ -60,10 +60,10 @@ def shape_of(a) -> tuple:
     return tuple(int(s) for s in a.shape)
 
 
-def rows_and_channels(kernel: str, x) -> tuple[int, int]:
-    """N, C of a row-wise op's input x (..., C): N = the product of the leading axes, each row C
+def rows_and_channels(kernel: str, x, dtype=np.float32) -> tuple[int, int]:
+    """N, C of a row-wise op's input x (..., C) of `dtype`: N = the product of the leading axes, each row C
     channels (layernorm, rmsnorm); both at least 1 and, as the kernels count them in int, below 2^31."""
-    check_array(kernel, "x", x)
+    check_array(kernel, "x", x, dtype=dtype)
     shape = shape_of(x)
     if len(shape) < 1:
         raise ValueError(f"{kernel}: x must have at least one axis (the C channels), got a scalar")
@@ -98,6 +98,17 @@ def device_arrays(kernel: str, **arrays) -> None:
 #: The storage type of the bf16 kernel versions: ml_dtypes' bfloat16 (NumPy's extension type; the CPU
 #: backend and CuPy >= 14 take arrays of it for `__nv_bfloat16*`).
 BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def float32_versions(table: dict) -> list[int]:
+    """The versions of one step (an op's VERSIONS[step]) that take float32 arrays: all but the bf16 ones,
+    whose lines start with "bf16:" (notebook 13), in order."""
+    return sorted(v for v, line in table.items() if not line.startswith("bf16:"))
+
+
+def bf16_versions(table: dict) -> list[int]:
+    """The bf16 versions of one step, in order."""
+    return sorted(v for v, line in table.items() if line.startswith("bf16:"))
 
 
 def is_bf16(a) -> bool:
@@ -203,14 +214,17 @@ def check_grid_y(kernel: str, blocks: int, what: str) -> None:
 ELEMENTWISE_VERSIONS = {
     1: "one element per thread (4-byte loads and stores)",
     2: "four elements per thread through float4 (16-byte loads and stores); n % 4 == 0, 16-byte aligned",
+    3: "bf16: bf16 storage, float32 math, each result rounded once; eight elements per thread through one "
+       "16-byte bf16x8 load/store per array; n % 8 == 0, 16-byte aligned",
 }
 
 
 def elementwise_launches(module, kernel: str, version: int, block_size: int, **arrays) -> list[Launch]:
     """The launch of an elementwise kernel `kernel` (arguments: the arrays in order, then n): all
-    arrays of one shape; version 1 one element per thread, version 2 four through float4."""
+    arrays of one shape; version 1 one element per thread, version 2 four through float4, version 3
+    (bf16 arrays) eight through 16-byte bf16x8 loads."""
     for name, a in arrays.items():
-        check_array(kernel, name, a)
+        check_array(kernel, name, a, dtype=BF16 if version == 3 else np.float32)
     shapes = {name: shape_of(a) for name, a in arrays.items()}
     if len(set(shapes.values())) != 1:
         listed = ", ".join(f"`{name}` {shape}" for name, shape in shapes.items())
@@ -222,6 +236,11 @@ def elementwise_launches(module, kernel: str, version: int, block_size: int, **a
         check_multiple_of_4(kernel, "n", n, "version 1, which takes any n")
         check_float4(kernel, "version 1", **arrays)
         n //= 4  # the kernel counts float4s
+    elif version == 3:
+        check_multiple_of(kernel, "n", n, 8, "loads 8 bf16 at a time (16 bytes)",
+                          "float32 arrays and version 1, which takes any n")
+        check_16_byte_aligned(kernel, "float32 arrays and version 1", **arrays)
+        n //= 8  # the kernel counts bf16x8s
     if n == 0:
         return []  # nothing to do (a grid of 0 blocks is not a valid launch)
     return [Launch(module.get_function(kernel), (ceil_div(n, block_size),), (block_size,), (*arrays.values(), n))]

@@ -5,7 +5,8 @@
 References (dtype-generic: float32 in use, float64 for finite differences; operators and NumPy
 ufuncs only, so they also run on CuPy arrays): `gelu_forward(x) -> out`, `gelu_backward(dx, dout, x)`.
 Wrappers (device arrays of any shape, all of one shape): `forward(out, x, version=2)`,
-`backward(dx, dout, x, version=2)`.
+`backward(dx, dout, x, version=2)`. Version 3 (bf16, asked for by number) takes bf16 arrays
+(ml_dtypes.bfloat16: out, x; dx, dout, x), computes in float32 and rounds each result once.
 
 Kernels: cuda/gelu.cu · notebook: notebooks/05_gelu_residual.ipynb · tests: tests/test_op_gelu.py
 """

@@ -4,6 +4,12 @@ of the kernel versions in cuda/matmul.cu.
 Shapes (PyTorch's nn.Linear layout): x (..., C), weight (OC, C), bias (OC,) or None,
 out (..., OC). The kernels see x as N = x.size // C rows of C.
 
+Versions 1-3 take float32 arrays. The bf16 versions (4: SIMT, 5: tensor cores through WMMA; their
+VERSIONS lines start with "bf16:") take x, weight, bias, out, dout and dx in bf16 (ml_dtypes.bfloat16)
+and dweight, dbias in float32; they compute in float32 and round each bf16 output once. Both need
+C and OC multiples of 8 and 16-byte aligned arrays; version 5 needs bf16 tensor cores (sm_80 or later,
+or the CPU backend's <mma.h>): `wmma_available()` says whether this backend has them.
+
 Besides the references, `forward_atol` and `backward_atols` derive the tolerances of a float32
 result from the inputs (the rounding-error bound of a sum of products).
 
@@ -14,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..runtime import device
-from .common import Launch, ceil_div, check_array, check_float4, check_int32, check_multiple_of_4, check_version, \
-    run, shape_of
+from .common import BF16, Launch, ceil_div, check_16_byte_aligned, check_array, check_float4, check_int32, \
+    check_multiple_of, check_multiple_of_4, check_version, run, shape_of
 
 #: Kernel versions in cuda/matmul.cu: matmul_forward<N>; matmul_backward<N>_dx, _dweight, _dbias.
 VERSIONS = {
@@ -23,13 +29,20 @@ VERSIONS = {
         1: "naive: one thread per output element, loops over the inner dimension in global memory",
         2: "16x16 shared-memory tiles: each global load serves 16 threads",
         3: "128x128 tiles, 8x8 outputs per thread in registers, float4 loads (C, OC multiples of 4)",
+        4: "bf16: version 3's register tiles on bf16 x, weight, bias, out; 16-byte loads (C, OC multiples of 8)",
+        5: "bf16: tensor cores (WMMA m16n16k16, float accumulators), 64x64 tiles per 4 warps (C, OC multiples of 8)",
     },
     "backward": {
         1: "naive: dx and dweight one thread per element; dbias one thread per column",
         2: "16x16 shared-memory tiles for dx and dweight; dbias: a warp-wide tree per 32 columns",
         3: "128x128 register tiles with float4 loads for dx and dweight (C, OC multiples of 4); dbias as 2",
+        4: "bf16: version 3's register tiles; dx bf16 (+=), dweight, dbias float32 (+=) from bf16 dout, x, weight",
+        5: "bf16: tensor cores (WMMA) for dx (bf16) and dweight (float32); dbias as 4",
     },
 }
+
+#: The versions that take bf16 arrays (their VERSIONS lines start with "bf16:"), the same for both steps.
+BF16_VERSIONS = tuple(v for v, line in VERSIONS["forward"].items() if line.startswith("bf16:"))
 
 UNIT_ROUNDOFF = 2.0 ** -24  # float32: a single rounding errs by at most this, relatively
 
@@ -101,13 +114,15 @@ def module():
     return device.load_module("matmul.cu")
 
 
-def _shapes(kernel, x, weight, **arrays):
-    """N, C, OC from x (..., C) and weight (OC, C); every array checked (dtype, memory, device)."""
-    check_array(kernel, "x", x)
-    check_array(kernel, "weight", weight, 2)
+def _shapes(kernel, x, weight, dtype=np.float32, **arrays):
+    """N, C, OC from x (..., C) and weight (OC, C); every array checked (dtype, memory, device): x, weight
+    and the others of `dtype` (the version's storage type), but the parameter gradients dweight and
+    dbias, float32 in every version."""
+    check_array(kernel, "x", x, dtype=dtype)
+    check_array(kernel, "weight", weight, 2, dtype=dtype)
     for name, a in arrays.items():
         if a is not None:
-            check_array(kernel, name, a)
+            check_array(kernel, name, a, dtype=np.float32 if name in ("dweight", "dbias") else dtype)
     OC, C = shape_of(weight)
     if x.ndim < 1 or shape_of(x)[-1] != C:
         raise ValueError(f"{kernel}: `x` must have shape (..., C) with C={C} (weight is {shape_of(weight)}), "
@@ -131,8 +146,49 @@ def _check_version3(kernel, C, OC, **arrays):
     check_float4(kernel, "version 1 or 2", **arrays)
 
 
+def _check_bf16(kernel, C, OC, **arrays):
+    """What versions 4 and 5 need: 8 bf16 (16 bytes) per load along C and OC, 16-byte aligned arrays."""
+    why, fallback = "loads 8 bf16 (16 bytes) at a time", "a float32 version (1 and 2 take any C and OC)"
+    check_multiple_of(kernel, "C", C, 8, why, fallback)
+    check_multiple_of(kernel, "OC", OC, 8, why, fallback)
+    check_16_byte_aligned(kernel, fallback, **arrays)
+
+
+_wmma_cache: dict = {}
+
+
+def wmma_available() -> bool:
+    """Whether version 5 runs here: a GPU of sm_80 or later (bf16 tensor cores) or the CPU backend, and
+    matmul.cu compiled with them (NVRTC with CUDA's crt/mma.h; the CPU backend once it provides <mma.h>).
+    The module says so itself, in its global `matmul_wmma_available`, read once."""
+    capability = device.compute_capability()
+    if capability is not None and capability < (8, 0):
+        return False  # (the CuPy stand-in compiles for the CPU, but plays a T4 by default: as a T4 would)
+    mod = module()
+    if id(mod) not in _wmma_cache:
+        _wmma_cache[id(mod)] = bool(int(device.asnumpy(mod.get_global("matmul_wmma_available"))))
+    return _wmma_cache[id(mod)]
+
+
+def _check_wmma(kernel):
+    if wmma_available():
+        return
+    capability = device.compute_capability()
+    if capability is None:
+        why = ("the CPU backend has no <mma.h> to emulate them with (helpers/runtime/cpu_backend/include/mma.h "
+               "is missing)")
+    elif capability < (8, 0):
+        why = f"this GPU (sm_{capability[0]}{capability[1]}) has none for bf16: they start with sm_80 (A100)"
+    else:
+        why = ("NVRTC compiled matmul.cu without them: CUDA's <mma.h> needs crt/mma.h, which the CUDA headers "
+               "found (helpers.runtime.nvrtc.cuda_include_dirs()) lack")
+    raise ValueError(f"{kernel} runs on bf16 tensor cores (WMMA), but {why}; use version 4, the same bf16 "
+                     f"arrays without tensor cores")
+
+
 #: (threads per block, outputs per block along OC and N) of each version's output tiles.
-_TILES = {1: ((32, 8), (32, 8)), 2: ((16, 16), (16, 16)), 3: ((16, 16), (128, 128))}
+_TILES = {1: ((32, 8), (32, 8)), 2: ((16, 16), (16, 16)), 3: ((16, 16), (128, 128)), 4: ((16, 16), (128, 128)),
+          5: ((128,), (64, 64))}
 
 
 def _grid(version, cols, rows):
@@ -148,42 +204,54 @@ def launches(step: str, *args, version: int) -> list[Launch]:
 
 def _forward_launches(out, x, weight, bias, *, version):
     kernel = f"matmul_forward{version}"
-    N, C, OC = _shapes(kernel, x, weight, out=out, bias=bias)
+    dtype = BF16 if version in BF16_VERSIONS else np.float32
+    N, C, OC = _shapes(kernel, x, weight, dtype, out=out, bias=bias)
     _expect(kernel, "out", out, shape_of(x)[:-1] + (OC,))
     _expect(kernel, "bias", bias, (OC,))
     if version == 3:
         _check_version3(kernel, C, OC, out=out, x=x, weight=weight, bias=bias)
+    if version in BF16_VERSIONS:
+        _check_bf16(kernel, C, OC, out=out, x=x, weight=weight, bias=bias)
+    if version == 5:
+        _check_wmma(kernel)
     has_bias = bias is not None
     if not has_bias:
-        bias = device.zeros(1)  # never read: has_bias = 0
+        bias = device.zeros(8, dtype)  # never read: has_bias = 0 (8 elements: 16 bytes, as a bf16 load takes)
     grid, block = _grid(version, OC, N)
     return [Launch(module().get_function(kernel), grid, block, (out, x, weight, bias, N, C, OC, int(has_bias)))]
 
 
 def _backward_launches(dx, dweight, dbias, dout, x, weight, *, version):
     kernel = f"matmul_backward{version}"
-    N, C, OC = _shapes(kernel, x, weight, dx=dx, dweight=dweight, dbias=dbias, dout=dout)
+    dtype = BF16 if version in BF16_VERSIONS else np.float32
+    N, C, OC = _shapes(kernel, x, weight, dtype, dx=dx, dweight=dweight, dbias=dbias, dout=dout)
     _expect(kernel, "dx", dx, shape_of(x))
     _expect(kernel, "dweight", dweight, shape_of(weight))
     _expect(kernel, "dout", dout, shape_of(x)[:-1] + (OC,))
     _expect(kernel, "dbias", dbias, (OC,))
     if version == 3:
         _check_version3(kernel, C, OC, dx=dx, dweight=dweight, dout=dout, x=x, weight=weight)
+    if version in BF16_VERSIONS:
+        _check_bf16(kernel, C, OC, dx=dx, dweight=dweight, dout=dout, x=x, weight=weight)
+    if version == 5:
+        _check_wmma(kernel)
     fn = module().get_function
     runs = [Launch(fn(f"{kernel}_dx"), *_grid(version, C, N), (dx, dout, weight, N, C, OC)),
             Launch(fn(f"{kernel}_dweight"), *_grid(version, C, OC), (dweight, dout, x, N, C, OC))]
     if dbias is not None:  # version 1: one thread per column; 2 and 3: a warp-wide tree per 32 columns
         grid, block = ((ceil_div(OC, 256),), (256,)) if version == 1 else ((ceil_div(OC, 32),), (32, 16))
-        runs.append(Launch(fn(f"matmul_backward{min(version, 2)}_dbias"), grid, block, (dbias, dout, N, OC)))
+        dbias_version = 4 if version in BF16_VERSIONS else min(version, 2)  # 4 and 5: the tree over bf16 dout
+        runs.append(Launch(fn(f"matmul_backward{dbias_version}_dbias"), grid, block, (dbias, dout, N, OC)))
     return runs
 
 
 def forward(out, x, weight, bias, version: int = 3) -> None:
-    """out = x @ weight^T + bias on the device (bias may be None); returns None."""
+    """out = x @ weight^T + bias on the device (bias may be None); returns None. Versions 4 and 5: out, x,
+    weight and bias bf16."""
     run(launches("forward", out, x, weight, bias, version=version))
 
 
 def backward(dx, dweight, dbias, dout, x, weight, version: int = 3) -> None:
     """dx += dout @ weight, dweight += dout^T @ x, dbias += column sums of dout (dbias may be None),
-    on the device; returns None."""
+    on the device; returns None. Versions 4 and 5: dx, dout, x and weight bf16, dweight and dbias float32."""
     run(launches("backward", dx, dweight, dbias, dout, x, weight, version=version))

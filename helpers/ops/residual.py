@@ -3,7 +3,9 @@
 References (operators only, so they also run on CuPy arrays; one float32 addition per element, so
 the kernels agree with them bit for bit): `residual_forward(a, b) -> out`,
 `residual_backward(da, db, dout)`. Wrappers (device arrays, all of one shape):
-`forward(out, a, b, version=2)`, `backward(da, db, dout, version=2)`.
+`forward(out, a, b, version=2)`, `backward(da, db, dout, version=2)`. Version 3 (bf16, asked for by
+number) takes bf16 arrays (ml_dtypes.bfloat16, every argument) and rounds each float32 sum once, so
+it equals ml_dtypes' rounding of NumPy's float32 sum bit for bit.
 
 Kernels: cuda/residual.cu · notebook: notebooks/05_gelu_residual.ipynb · tests: tests/test_op_residual.py
 """
@@ -45,8 +47,7 @@ def launches(step: str, *arrays, version: int, block_size: int = BLOCK_SIZE) -> 
     names = ("out", "a", "b") if step == "forward" else ("da", "db", "dout")
     if len(arrays) != len(names):
         raise TypeError(f"residual.{step} takes the arrays ({', '.join(names)}), got {len(arrays)}")
-    return elementwise_launches(module(), f"residual_{step}{version}", version, block_size,
-                                **dict(zip(names, arrays)))
+    return elementwise_launches(module(), f"residual_{step}{version}", version, block_size, **dict(zip(names, arrays)))
 
 
 def forward(out, a, b, version=2, block_size=BLOCK_SIZE) -> None:

@@ -120,7 +120,9 @@ def source_digest(path: Path, extra: str = "") -> str:
 # every warp collective (`__shfl_down_sync`, `__reduce_add_sync`, `__match_any_sync`...), and the
 # cooperative groups, whose methods are those collectives.
 _SYNC = re.compile(r"\b(__syncthreads\w*|__syncwarp|__\w+_sync|__activemask|this_thread_block|tiled_partition|"
-                   r"coalesced_threads|thread_block_tile|this_grid|cooperative_groups)\b|\bcg::")
+                   r"coalesced_threads|thread_block_tile|this_grid|cooperative_groups|"
+                   # the warp matrix functions of <mma.h> (warp collectives too)
+                   r"load_matrix_sync|store_matrix_sync|mma_sync|fill_fragment|nvcuda)\b|\b(?:cg|wmma)::")
 
 
 _FUNCTION = re.compile(r"\b(?:__device__|__global__)\b[^;{}]*?\b(\w+)\s*\(")

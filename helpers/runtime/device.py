@@ -28,7 +28,7 @@ from .errors import CompileError, DeviceUnavailableError, KernelError, LaunchErr
 from .launch_checks import check_config, convert_args
 
 __all__ = ["name", "xp", "asarray", "asnumpy", "empty", "zeros", "synchronize", "load_module", "racecheck",
-           "set_timeout", "time_kernel", "memory_info", "peak_memory", "fit_batch", "KernelError", "LaunchError", "RaceError", "CompileError",
+           "set_timeout", "time_kernel", "memory_info", "peak_memory", "fit_batch", "compute_capability", "KernelError", "LaunchError", "RaceError", "CompileError",
            "DeviceUnavailableError"]
 
 
@@ -501,6 +501,15 @@ def _fp32_lanes_per_sm(major: int, minor: int) -> int:
     if major >= 8 and (major, minor) != (8, 0):
         return 128          # sm_86, 89, 90, 100, 120
     return 64               # sm_70, 75, 80
+
+
+def compute_capability() -> tuple[int, int] | None:
+    """(major, minor) of the GPU, e.g. (7, 5) for a T4, (9, 0) for an H100; None on the CPU backend, which
+    runs every feature the kernels use."""
+    if name != "cupy":
+        return None
+    p = xp.cuda.runtime.getDeviceProperties(0)
+    return int(p["major"]), int(p["minor"])
 
 
 def peak_rates() -> dict | None:

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cpu_backend import cache
 from .errors import CompileError
 
 INSTALL_HINT = "pip install nvidia-cuda-nvrtc-cu12  (installed with this project on Linux and Windows)"
@@ -152,19 +153,60 @@ def _check(lib, status: int, what: str) -> None:
 
 
 def cuda_include_dirs() -> list[str]:
-    """Where CUDA's headers are (NVRTC has none built in): cuda_fp16.h, cuda_bf16.h and
+    """Where CUDA's headers are (NVRTC has none built in): cuda_fp16.h, cuda_bf16.h, mma.h and
     cooperative_groups.h from the nvidia-cuda-runtime-cu12 wheel, nv/target and cuda/barrier (which
-    cooperative groups include) from nvidia-cuda-cccl-cu12, both dependencies on Linux and Windows;
-    else a CUDA toolkit named by CUDA_PATH or CUDA_HOME. Empty if there is none."""
+    cooperative groups include) from nvidia-cuda-cccl-cu12, crt/mma.h (what mma.h includes) from
+    nvidia-cuda-crt (mma_headers_dir), all dependencies on Linux and Windows; else a CUDA toolkit named
+    by CUDA_PATH or CUDA_HOME. Empty if there is none."""
     for base in sys.path:
         runtime, cccl = (Path(base) / "nvidia" / name / "include" for name in ("cuda_runtime", "cuda_cccl"))
         if (runtime / "cuda_fp16.h").is_file():
-            return [str(runtime)] + ([str(cccl)] if (cccl / "nv" / "target").is_file() else [])
+            mma = mma_headers_dir()
+            return ([str(runtime)] + ([str(cccl)] if (cccl / "nv" / "target").is_file() else [])
+                    + ([mma] if mma else []))
     for var in ("CUDA_PATH", "CUDA_HOME"):
         toolkit = Path(os.environ.get(var, "/nonexistent")) / "include"
-        if (toolkit / "cuda_fp16.h").is_file():
+        if (toolkit / "cuda_fp16.h").is_file():   # (a toolkit's include/ has crt/mma.h itself)
             return [str(toolkit)] + [str(p) for p in [toolkit / "cccl"] if (p / "nv" / "target").is_file()]
     return []
+
+
+MMA_HEADERS = ("mma.h", "mma.hpp")   # the part of crt/ that <mma.h> (the warp matrix functions) includes
+
+
+def _crt_with_mma() -> Path | None:
+    """A crt/ folder with NVIDIA's crt/mma.h and crt/mma.hpp: the nvidia-cuda-crt wheel's (CUDA 13's crt
+    headers, installed under nvidia/cu13), nvidia-cuda-nvcc-cu12's, or a toolkit's."""
+    places = [Path(base) / "nvidia" / sub / "include" / "crt" for sub in ("cuda_nvcc", "cu13") for base in sys.path]
+    places += [Path(os.environ[var]) / "include" / "crt" for var in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(var)]
+    return next((p for p in places if all((p / h).is_file() for h in MMA_HEADERS)), None)
+
+
+_mma_dir: list = []
+
+
+def mma_headers_dir() -> str | None:
+    """A folder that holds crt/mma.h and crt/mma.hpp and nothing else, copied (once, and again when they
+    change) from the wheel that ships them into the private kernel cache; None if no wheel has them.
+
+    Only those two files: NVRTC has the rest of crt/ built in, for its own CUDA version, and the wheel's
+    (CUDA 13's, whose mma.h and mma.hpp are the same as 12.9's) must not shadow them."""
+    if _mma_dir and all((Path(_mma_dir[0]) / "crt" / h).is_file() for h in MMA_HEADERS):
+        return _mma_dir[0]   # (copied by this process, and still there)
+    _mma_dir.clear()
+    source = _crt_with_mma()
+    if source is None:
+        return None
+    folder = cache.directory() / "nvrtc-include"
+    (folder / "crt").mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in MMA_HEADERS:
+        data, target = (source / name).read_bytes(), folder / "crt" / name
+        if not target.is_file() or target.read_bytes() != data:
+            tmp = target.with_name(f"{name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)   # atomic: a concurrent process copies the same bytes
+    _mma_dir.append(str(folder))
+    return _mma_dir[0]
 
 
 def compile_program(source: str, name: str, options=(), name_expressions=()) -> Compiled:

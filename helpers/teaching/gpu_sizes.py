@@ -139,6 +139,9 @@ def matmul_peak(B: int, T: int, C: int, OC: int) -> int:
     forward = inputs + 2 * out
     # cell 49: out_d, and the gradients dx_d, dw_d, db_d
     backward = inputs + out + x + w + OC * F
+    # cell 54 (bf16, tensor cores) frees the gradients first: out_d and the bf16 copies of x, w, b and out,
+    # half of x + w + out, stay within the forward's (N >= 2C) and the backward's peak
+
     return max(forward, backward) + l2_flush_bytes()
 
 
@@ -307,9 +310,10 @@ class Gpt2ModelSizes:
 
 
 def _flat_bytes(shapes: dict) -> int:
-    """Bytes of a helpers.model.gpt2.FlatBuffer of these shapes (each view starts at a multiple of 64 floats)."""
-    align = FlatBuffer.ALIGN
-    return F * sum(-(-math.prod(s) // align) * align for s in shapes.values())
+    """Bytes of a float32 helpers.model.layout.FlatBuffer of these shapes (each view starts at a multiple of
+    256 bytes)."""
+    align = FlatBuffer.ALIGN_BYTES
+    return sum(-(-math.prod(s) * F // align) * align for s in shapes.values())
 
 
 def gpt2_model_peak(config: GPT2Config, B: int, T: int, reference: bool = True) -> int:

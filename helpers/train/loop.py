@@ -71,6 +71,8 @@ class TrainConfig:
                                           "settings above are then ignored", MODEL)
     backend: str = setting("auto", "numpy (NumPy references, fast on a CPU), cuda (the kernels: on a GPU, or "
                                    "emulated by the CPU backend, slowly) or auto (cuda with a GPU, else numpy)", MODEL)
+    dtype: str = setting("fp32", "fp32, or bf16: mixed precision as llm.c trains (bf16 weights and activations, "
+                                 "fp32 master weights and sums; the cuda backend, GPT-2; notebook 13)", MODEL)
     data_path: str | None = setting(None, "tiny Shakespeare's input.txt or its directory (unset: "
                                           "$GPT2_DATA_DIR, then the cache, then a download)", DATA)
     train_bin: str | None = setting(None, "train on an llm.c token file instead (with --val-bin), e.g. a shard made "
@@ -110,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.backend not in ("auto", "numpy", "cuda"):
             raise ValueError(f"backend must be numpy, cuda or auto, got {self.backend!r}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
 
     def resolved_backend(self) -> str:
         return ("cuda" if device.name == "cupy" else "numpy") if self.backend == "auto" else self.backend
@@ -130,8 +134,8 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 # ------------------------------------------------------------------------------------------------
 FORMAT = "gpt2-cuda-notebooks checkpoint 1"
 # settings that change what a run computes: a run resumes only with the same ones
-TRAJECTORY = ("model", "n_layer", "n_head", "n_embd", "vocab_size", "n_kv_head", "intermediate_size", "rope_theta",
-              "tie_embeddings", "init_from", "data_path", "train_bin", "val_bin", "B", "T",
+TRAJECTORY = ("model", "dtype", "n_layer", "n_head", "n_embd", "vocab_size", "n_kv_head", "intermediate_size",
+              "rope_theta", "tie_embeddings", "init_from", "data_path", "train_bin", "val_bin", "B", "T",
               "grad_accum", "seed", "steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip")
 
 
@@ -274,14 +278,16 @@ def build_model(cfg: TrainConfig, backend: str) -> LanguageModel:
         return Llama(LlamaConfig(vocab_size=cfg.vocab_size, block_size=cfg.T, n_layer=cfg.n_layer, n_head=cfg.n_head,
                                  n_kv_head=cfg.n_kv_head, n_embd=cfg.n_embd, intermediate_size=hidden,
                                  rope_theta=cfg.rope_theta, tie_embeddings=cfg.tie_embeddings),
-                     backend=backend, seed=cfg.seed)
+                     backend=backend, seed=cfg.seed, dtype=cfg.dtype)
     if cfg.init_from:
         src = Path(cfg.init_from)
         if src.suffix == ".bin":
-            return GPT2.from_llmc(src, backend=backend)
-        return GPT2.from_pretrained(cfg.init_from, backend=backend)
+            model = GPT2.from_llmc(src, backend=backend)
+        else:
+            model = GPT2.from_pretrained(cfg.init_from, backend=backend)
+        return model if cfg.dtype == "fp32" else GPT2.from_tensors(model.config, model.state(), backend, cfg.dtype)
     return GPT2(GPT2Config(vocab_size=cfg.vocab_size, block_size=cfg.T, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                           n_embd=cfg.n_embd), backend=backend, seed=cfg.seed)
+                           n_embd=cfg.n_embd), backend=backend, seed=cfg.seed, dtype=cfg.dtype)
 
 
 def evaluate(model: LanguageModel, val_tokens, cfg: TrainConfig, batches: int | None = None) -> float:
@@ -382,16 +388,17 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
     return records
 
 
-def load_trained(path, backend: str = "numpy") -> LanguageModel:
-    """The model of a training checkpoint (checkpoint.safetensors, or the run directory holding it)."""
+def load_trained(path, backend: str = "numpy", dtype: str = "fp32") -> LanguageModel:
+    """The model of a training checkpoint (checkpoint.safetensors, or the run directory holding it); its
+    float32 weights (a bf16 run's master weights), in `dtype` on `backend`."""
     path = Path(path)
     path = path / "checkpoint.safetensors" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}: train first (notebook 09, or python -m helpers.train)")
     meta, tensors = load_checkpoint(path)
     if meta.get("model", "gpt2") == "llama":
-        return Llama.from_tensors(LlamaConfig(**meta["model_config"]), _params(tensors), backend=backend)
-    return GPT2.from_tensors(GPT2Config(**meta["model_config"]), _params(tensors), backend=backend)
+        return Llama.from_tensors(LlamaConfig(**meta["model_config"]), _params(tensors), backend, dtype)
+    return GPT2.from_tensors(GPT2Config(**meta["model_config"]), _params(tensors), backend, dtype)
 
 
 def _params(tensors: dict) -> dict:

@@ -258,7 +258,7 @@ def module_flags(path: Path, options=(), cxx: str | None = None) -> list[str]:
              # every page of a large stack frame is touched in order, so an overflow always hits the guard page
              "-fstack-clash-protection",
              f"-I{path.parent}", f"-I{cuda_source.CUDA_DIR}", *_user_defines(options),
-             # CUDA's own headers as the CPU backend provides them: cooperative_groups.h, cuda_fp16.h, cuda_bf16.h
+             # CUDA's own headers as the CPU backend provides them: cooperative_groups.h, cuda_fp16.h, cuda_bf16.h, mma.h
              f"-I{INCLUDE_DIR}", "-include", str(HEADER)]
     if sys.platform.startswith("linux"):
         flags.append("-Wl,-z,defs")  # an undefined function is a link error, not a failure at load
@@ -291,7 +291,7 @@ _GPU_ONLY = [
      "copy to shared memory with plain loads and __syncthreads(), which is what they do, synchronously"),
 ]
 PROVIDED_HEADERS = ("cooperative_groups.h", "cooperative_groups/reduce.h", "cooperative_groups/scan.h",
-                    "cuda_fp16.h", "cuda_bf16.h")
+                    "cuda_fp16.h", "cuda_bf16.h", "mma.h")
 
 
 def gpu_only_features(text: str) -> list[str]:
@@ -712,6 +712,18 @@ def _misaligned(report: Report, groups) -> str:
     vector = report.detail.decode(errors="replace")
     access = {0: "read", 1: "write"}.get(report.access, "access")
     found = _locate(report, report.addr, groups)
+    if vector.startswith("wmma::"):   # a warp matrix function's pointer (include/mma.h)
+        rule = (f"CUDA requires a 256-bit (32-byte) aligned pointer to the tile's first element; on a GPU the "
+                f"{access} goes wrong or the kernel stops with 'misaligned address'")
+        if found:
+            g, off = found
+            _, _, a = g.members[0]
+            # (memory not NumPy's own: from the last multiple of 256 before it, as the check measures)
+            from_allocation = off + (g.lo - g.origin if g.origin is not None else g.lo % 256)
+            return (f"{vector}: the pointer is element {off // (a.itemsize or 1)} of {_members(g)}, {from_allocation} "
+                    f"bytes from the start of its allocation: not a multiple of {report.vector_bytes}. {rule}")
+        return (f"{vector}: the pointer {report.addr:#x} is not a multiple of {report.vector_bytes} bytes from the "
+                f"start of its __shared__ variable: {rule}")
     if found:
         g, off = found
         _, _, a = g.members[0]

@@ -16,6 +16,8 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import abi
 
 PAGE = mmap.PAGESIZE
@@ -116,6 +118,7 @@ class Staged:
     lo: int                 # the caller's memory [lo, hi)
     hi: int
     members: list = field(default_factory=list)   # (argument index, Param, array)
+    origin: int | None = None   # where its allocation starts (alignment is measured from there), or None
     writable: bool = False
     offset: int = 0         # arena offset of the pages
     body: int = 0           # bytes of pages
@@ -136,7 +139,8 @@ class Staged:
 
     def window(self) -> "abi.Window":
         return abi.Window(arena_offset=self.offset, body_bytes=self.body, data_offset=self.data - self.offset,
-                          data_bytes=self.nbytes, writable=int(self.writable), align_phase=self.lo % 256)
+                          data_bytes=self.nbytes, writable=int(self.writable),
+                          align_phase=(self.lo - (self.origin or 0)) % 256)
 
     def lead_written(self, arena: Arena) -> bool:
         """A write in front of the array (inside its first page, where nothing faults)."""
@@ -146,6 +150,18 @@ class Staged:
     def copy_back(self, arena: Arena):
         if self.writable and self.nbytes:
             ctypes.memmove(self.lo, arena.base + self.data, self.nbytes)
+
+
+def allocation_start(a: np.ndarray) -> int | None:
+    """The start of the NumPy allocation that `a` is (or views): what stands for a cudaMalloc'd block on
+    the CPU backend, 256-byte aligned as on a GPU whatever NumPy's own alignment (16 bytes), so that a
+    fresh array is aligned for anything and a view is as aligned as its offset. None when the memory is
+    not NumPy's own (a ctypes buffer such as the CuPy stand-in's 512-byte aligned pool, an mmap): its
+    addresses are taken as they are."""
+    base = a
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return base.__array_interface__["data"][0] if base.base is None else None
 
 
 def stage(kernel, values, arena: Arena) -> list[Staged]:
@@ -161,7 +177,7 @@ def stage(kernel, values, arena: Arena) -> list[Staged]:
             g.hi = max(g.hi, hi)
             g.members.append((i, p, a))
         else:
-            groups.append(Staged(lo, hi, members=[(i, p, a)]))
+            groups.append(Staged(lo, hi, members=[(i, p, a)], origin=allocation_start(a)))
     windows = (abi.Window * abi.kMaxWindows).from_address(arena.base + abi.kWindowsOffset)
     slots = (abi.ArgSlot * abi.kMaxParams).from_address(arena.base + abi.kArgsOffset)
     where = {}

@@ -13,7 +13,7 @@
 // - state.h      fibers, blocks, workers (one OS thread per core takes blocks from a counter);
 // - memory.h     argument windows, guarded shared memory, write tracking for racecheck, globals;
 // - scheduler.h  barriers, __activemask, deadlocks: a fiber runs until it waits, then the next one;
-// - warp.h       shuffles, votes and __syncwarp;
+// - warp.h       shuffles, votes, __syncwarp, and the warp collectives of include/mma.h (wmma);
 // - atomics.h    atomics (blocks really run in parallel);
 // - device_api.h threadIdx and friends, printf, assert;
 // - intrinsics.h the math API and the intrinsics (bit-exact where CUDA defines the result);

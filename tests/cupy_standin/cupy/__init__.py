@@ -38,7 +38,7 @@ import numbers
 import numpy as _np
 
 __standin__ = True
-__version__ = "13.6.0+standin"
+__version__ = "14.2.0+standin"   # CuPy 14: bfloat16 arrays (ml_dtypes)
 
 from . import cuda  # noqa: E402
 from .cuda import memory as _memory  # noqa: E402

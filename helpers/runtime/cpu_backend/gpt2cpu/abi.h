@@ -45,7 +45,7 @@ struct Window {
     uint64_t data_offset;    // where the array starts in those pages: its end is the last page's end
     uint64_t data_bytes;
     int32_t writable;
-    int32_t align_phase;     // the caller's address of the array modulo 256: alignment is judged as there
+    int32_t align_phase;     // the array's offset in its allocation modulo 256: alignment is judged as there
     uint64_t mapped_data;    // written by the launch process: where the array's first byte is mapped
 };
 

@@ -272,11 +272,19 @@ static void report_deadlock(Block* b, Fiber* cur) {
             if (!((missing >> lane) & 1)) continue;
             Fiber* m = b->fibers[f->warp * 32 + lane];
             const char* where = m->state == EXITED ? "exited" : "waits at a __syncthreads()";
+            if (f->call)
+                runtime_error(cur,
+                    "deadlock in block (%u,%u,%u): thread %d waits at %s (line %d), but lane %d of its warp "
+                    "(thread %d) %s without calling it. The warp matrix functions are warp collectives: all 32 "
+                    "lanes of the warp must call each of them together (in conditional code only under a "
+                    "condition that is the same for the whole warp); on a GPU this hangs or computes garbage.",
+                    b->block_idx.x, b->block_idx.y, b->block_idx.z, f->linear, f->call->what, f->call->line,
+                    lane, m->linear, where);
             runtime_error(cur,
-                "deadlock in block (%u,%u,%u): thread %d waits at a warp collective (__shfl_sync, "
-                "__syncwarp, __ballot_sync...) with mask 0x%08x, but lane %d of its warp (thread %d) %s. "
-                "Every lane named in the mask must reach the same collective.",
-                b->block_idx.x, b->block_idx.y, b->block_idx.z, f->linear, f->warp_mask, lane,
+                "deadlock in block (%u,%u,%u): thread %d waits at a warp collective (%s) with mask 0x%08x, but "
+                "lane %d of its warp (thread %d) %s. Every lane named in the mask must reach the same collective.",
+                b->block_idx.x, b->block_idx.y, b->block_idx.z, f->linear,
+                f->collective ? f->collective : "__shfl_sync, __syncwarp, __ballot_sync...", f->warp_mask, lane,
                 m->linear, where);
         }
     }
@@ -350,6 +358,8 @@ static void run_block(Worker* w, uint64_t linear) {
         f->state = RUNNABLE;
         f->barrier_line = -1;
         f->warp_mask = 0;
+        f->collective = nullptr;
+        f->call = nullptr;
         f->lane = i % 32;
         f->warp = i / 32;
         f->parity = 0;

@@ -7,6 +7,22 @@ namespace gpt2cpu {
 
 enum FiberState : int32_t { RUNNABLE = 0, AT_BARRIER = 1, AT_WARP = 2, EXITED = 3, AT_ACTIVEMASK = 4 };
 
+// A warp collective whose work is done once for the whole warp (the wmma functions of mma.h): each
+// lane waits with a record of its call, and the lane that completes the warp checks that all of them
+// make the same call (warp.h) and does the work with all 32 records.
+enum WarpCallArg : int32_t { ARG_POINTER, ARG_UNSIGNED, ARG_LAYOUT, ARG_VALUE };
+struct WarpCall {
+    const char* what;        // "wmma::mma_sync"
+    const char* file;        // the call's source file and line
+    int32_t line;
+    const void* kind;        // one address per template instantiation: the same call compiles to the same kind
+    int32_t nargs;           // the arguments every lane must pass alike
+    const char* arg_name[3];
+    int32_t arg_kind[3];     // WarpCallArg
+    uint64_t arg[3];         // pointer, unsigned or layout_t; ARG_VALUE: a double's bits
+    void* frag[4];           // this lane's fragments (d, a, b, c for mma_sync)
+};
+
 struct Block;
 struct Fiber {
     Ctx ctx;
@@ -17,6 +33,8 @@ struct Fiber {
     int32_t state;        // FiberState
     int32_t barrier_line; // source line of the __syncthreads it waits at
     uint32_t warp_mask;   // mask of the warp collective it waits at
+    const char* collective;  // and its name ("__shfl_sync", "wmma::mma_sync"...)
+    WarpCall* call;       // at a wmma function: its call (else null)
     int32_t lane, warp;
     int32_t parity;       // alternates per warp collective: selects the exchange slots
     int32_t bar_parity;   // alternates per __syncthreads: selects the barrier-count slot

@@ -1,11 +1,83 @@
 // warp.h: warp collectives. Every lane named in the mask arrives (its fiber waits), then all of them
 // continue; values travel through double-buffered per-warp slots. A lane that is missing from the
-// mask, a mask naming lanes that do not exist, or a lane that never comes is a clear error.
+// mask, a mask naming lanes that do not exist, or a lane that never comes is a clear error. The warp
+// matrix functions (include/mma.h) are collectives whose last lane to arrive does the work for the
+// whole warp, after checking that every lane makes the same call with the same arguments.
 #pragma once
 
 namespace gpt2cpu {
 
-static inline WarpState& warp_collective(Fiber* f, uint32_t mask, uint64_t value, const char* what) {
+// Lanes that meet at one collective: if any of them is at a warp matrix function (a WarpCall), all of
+// them must be at the same call (function, source line, template instantiation) with the same
+// arguments; else the bug a GPU hides (a hang, or garbage) is an error here.
+static void format_call_arg(char* buf, size_t cap, const WarpCall* c, int i) {
+    switch (c->arg_kind[i]) {
+        case ARG_POINTER: snprintf(buf, cap, "%p", (const void*)c->arg[i]); break;
+        case ARG_LAYOUT: snprintf(buf, cap, "%s", c->arg[i] == 0 ? "mem_row_major" : c->arg[i] == 1 ? "mem_col_major"
+                                                                     : "an invalid layout_t"); break;
+        case ARG_VALUE: { double d; memcpy(&d, &c->arg[i], 8); snprintf(buf, cap, "%.9g", d); break; }
+        default: snprintf(buf, cap, "%llu", (unsigned long long)c->arg[i]); break;
+    }
+}
+
+static inline bool same_call_arg(const WarpCall* a, const WarpCall* b, int i) {
+    if (a->arg_kind[i] != ARG_VALUE) return a->arg[i] == b->arg[i];
+    double x, y;
+    memcpy(&x, &a->arg[i], 8);
+    memcpy(&y, &b->arg[i], 8);
+    return x == y || (x != x && y != y);
+}
+
+static void check_warp_calls(Fiber* f, uint32_t mask) {
+    Block* b = f->block;
+    int first = -1;
+    for (int lane = 0; lane < 32 && first < 0; lane++)
+        if (((mask >> lane) & 1) && b->fibers[f->warp * 32 + lane]->call) first = lane;
+    if (first < 0) return;
+    Fiber* ref = b->fibers[f->warp * 32 + first];
+    const WarpCall* c = ref->call;
+    for (int lane = 0; lane < 32; lane++) {
+        if (!((mask >> lane) & 1)) continue;
+        Fiber* g = b->fibers[f->warp * 32 + lane];
+        const WarpCall* d = g->call;
+        if (!d)
+            runtime_error(f,
+                "the lanes of warp %d meet at different warp collectives: lane %d (thread %d) calls %s (line %d), "
+                "lane %d (thread %d) calls %s. The warp matrix functions are warp collectives: all 32 lanes of the "
+                "warp must call each of them together (in conditional code only under a condition that is the same "
+                "for the whole warp); on a GPU this hangs or computes garbage.",
+                f->warp, first, ref->linear, c->what, c->line, lane, g->linear, g->collective);
+        bool same_site = strcmp(d->what, c->what) == 0 && d->line == c->line && strcmp(d->file, c->file) == 0;
+        if (!same_site || d->kind != c->kind)
+            runtime_error(f,
+                "the lanes of warp %d meet at different warp matrix calls: lane %d (thread %d) calls %s at line %d, "
+                "lane %d (thread %d) calls %s at line %d%s. All 32 lanes of the warp must make each wmma call "
+                "together (in conditional code only under a condition that is the same for the whole warp); on a "
+                "GPU this hangs or computes garbage.",
+                f->warp, first, ref->linear, c->what, c->line, lane, g->linear, d->what, d->line,
+                same_site ? " (another instantiation of the template it is in)" : "");
+        for (int i = 0; i < c->nargs; i++) {
+            if (same_call_arg(c, d, i)) continue;
+            char x[64], y[96];
+            format_call_arg(x, sizeof x, c, i);
+            format_call_arg(y, sizeof y, d, i);
+            if (c->arg_kind[i] == ARG_POINTER)
+                snprintf(y + strlen(y), sizeof y - strlen(y), " (%+lld bytes from lane %d's)",
+                         (long long)(d->arg[i] - c->arg[i]), first);
+            runtime_error(f,
+                "%s at line %d: lane %d (thread %d) passes %s %s, lane %d (thread %d) passes %s %s. Every lane of "
+                "the warp must pass the same arguments to a warp matrix function (the mapping of the tile's "
+                "elements to the lanes is unspecified, so lane-dependent arguments have no defined result).",
+                c->what, c->line, first, ref->linear, c->arg_name[i], x, lane, g->linear, c->arg_name[i], y);
+        }
+    }
+}
+
+// A lane arrives at a collective with `value` (and `call`, at a warp matrix function). Returns true
+// when it completes the collective (every lane of `mask` is here, and they all make the same call):
+// that lane then does any work for the whole warp (no other lane runs meanwhile) and calls
+// warp_release. Every lane then calls yield_next.
+static inline bool warp_arrive(Fiber* f, uint32_t mask, uint64_t value, const char* what, WarpCall* call) {
     Block* b = f->block;
     if (b->plain) runtime_error(f, "internal: %s in a kernel run as a plain loop", what);
     WarpState& w = b->warps[f->warp];
@@ -20,20 +92,33 @@ static inline WarpState& warp_collective(Fiber* f, uint32_t mask, uint64_t value
     w.slots[f->parity][f->lane] = value;
     f->state = AT_WARP;
     f->warp_mask = mask;
+    f->collective = what;
+    f->call = call;
     w.arrived |= 1u << f->lane;
-    if ((w.arrived & mask) == mask) {
-        int first = b->n;
-        for (int lane = 0; lane < 32; lane++)
-            if ((mask >> lane) & 1) {
-                int t = f->warp * 32 + lane;
-                b->fibers[t]->state = RUNNABLE;
-                if (b->where[t] < first) first = b->where[t];
-            }
-        w.arrived &= ~mask;
-        if (g_launch->schedule & DEPTH_FIRST) b->pos = first - 1;  // this warp runs on next
-    }
+    if ((w.arrived & mask) != mask) return false;
+    check_warp_calls(f, mask);
+    return true;
+}
+
+static inline void warp_release(Fiber* f, uint32_t mask) {
+    Block* b = f->block;
+    WarpState& w = b->warps[f->warp];
+    int first = b->n;
+    for (int lane = 0; lane < 32; lane++)
+        if ((mask >> lane) & 1) {
+            int t = f->warp * 32 + lane;
+            b->fibers[t]->state = RUNNABLE;
+            b->fibers[t]->call = nullptr;
+            if (b->where[t] < first) first = b->where[t];
+        }
+    w.arrived &= ~mask;
+    if (g_launch->schedule & DEPTH_FIRST) b->pos = first - 1;  // this warp runs on next
+}
+
+static inline WarpState& warp_collective(Fiber* f, uint32_t mask, uint64_t value, const char* what) {
+    if (warp_arrive(f, mask, value, what, nullptr)) warp_release(f, mask);
     yield_next(f);
-    return w;
+    return f->block->warps[f->warp];
 }
 
 template <class T> static inline uint64_t to_bits(T v) {

@@ -53,7 +53,11 @@ class RawModule:
         if not path.is_file():
             path.write_text(self.code)
         self._path = path
-        self._library = cpu_backend.Library(cpu_backend.compile_module(path, self.options, self.name_expressions))
+        # without NVIDIA's include folders (helpers.device passes them for NVRTC): the CPU backend has its own
+        # cuda_fp16.h and cuda_bf16.h, which NVIDIA's, found first, would hide
+        nvidia = {f"-I{d}" for d in nvrtc.cuda_include_dirs()}
+        cpu_options = tuple(o for o in self.options if o not in nvidia)
+        self._library = cpu_backend.Library(cpu_backend.compile_module(path, cpu_options, self.name_expressions))
 
     def get_function(self, name: str) -> "RawKernel":
         self.compile()
