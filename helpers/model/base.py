@@ -47,7 +47,7 @@ def resolve_dtype(model_name: str, dtype: str, backend: str, bf16_ready: bool) -
                          "computes in float32)")
     if not bf16_ready:
         raise ValueError(f"{model_name} has no bf16 kernels for all its ops yet: use dtype='fp32'")
-    if device.name == "cupy" and int(str(getattr(device.xp, "__version__", "14")).split(".")[0]) < 14:
+    if not device.bf16_arrays():
         warnings.warn(f"CuPy {device.xp.__version__} has no bfloat16 arrays (CuPy 14 added them, through ml_dtypes): "
                       f"the model runs in fp32 (dtype='fp32'); pip install 'cupy-cuda12x>=14' for bf16", stacklevel=3)
         return "fp32"

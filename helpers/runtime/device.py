@@ -28,7 +28,7 @@ from .errors import CompileError, DeviceUnavailableError, KernelError, LaunchErr
 from .launch_checks import check_config, convert_args
 
 __all__ = ["name", "xp", "asarray", "asnumpy", "empty", "zeros", "synchronize", "load_module", "racecheck",
-           "set_timeout", "time_kernel", "memory_info", "peak_memory", "fit_batch", "compute_capability", "KernelError", "LaunchError", "RaceError", "CompileError",
+           "set_timeout", "time_kernel", "memory_info", "peak_memory", "fit_batch", "compute_capability", "bf16_arrays", "KernelError", "LaunchError", "RaceError", "CompileError",
            "DeviceUnavailableError"]
 
 
@@ -501,6 +501,14 @@ def _fp32_lanes_per_sm(major: int, minor: int) -> int:
     if major >= 8 and (major, minor) != (8, 0):
         return 128          # sm_86, 89, 90, 100, 120
     return 64               # sm_70, 75, 80
+
+
+def bf16_arrays() -> bool:
+    """Whether arrays of ml_dtypes.bfloat16 live on this device: always on the CPU backend; with CuPy 14 or
+    later (which added them) on a GPU."""
+    if name != "cupy":
+        return True
+    return int(str(getattr(xp, "__version__", "0")).split(".")[0]) >= 14
 
 
 def compute_capability() -> tuple[int, int] | None:
