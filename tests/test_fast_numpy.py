@@ -63,3 +63,19 @@ def test_adamw(threads):
 def test_norm_squared():
     flat = rng.standard_normal(3_000_001).astype(np.float32)
     assert fast_numpy.norm_squared(flat) == pytest.approx(float(np.sum(flat.astype(np.float64) ** 2)), rel=1e-12)
+
+
+def test_numpy_gives_no_huge_page_advice_unless_asked():
+    """helpers.model.fast_numpy turns NumPy's madvise(hugepage) off (the first training step took 2-3x
+    longer with it), and leaves NumPy's own NUMPY_MADVISE_HUGEPAGE setting alone."""
+    import os
+    import subprocess
+    import sys
+    code = ("import helpers.model.fast_numpy\nfrom numpy._core.multiarray import _set_madvise_hugepage\n"
+            "print(_set_madvise_hugepage(False))")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert plain.stdout.strip() == "False"
+    asked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**env, "NUMPY_MADVISE_HUGEPAGE": "1"})
+    assert asked.stdout.strip() == "True"

@@ -14,6 +14,26 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 THREADS = max(1, int(os.environ.get("GPT2_NUMPY_THREADS", "0")) or (os.cpu_count() or 1))
+
+
+def _no_huge_page_advice() -> None:
+    """NumPy asks Linux for transparent huge pages on every large new allocation (madvise); the kernel then
+    zeroes and compacts 2 MiB pages when they are first touched, which made the first training step of
+    notebook 09's model take 1.3-1.6 s instead of 0.53 s on a 2-core machine (later steps: no difference,
+    the buffers are planned once). Off unless NumPy's own switch, NUMPY_MADVISE_HUGEPAGE, says otherwise."""
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:     # (NumPy 1.x)
+        try:
+            from numpy.core.multiarray import _set_madvise_hugepage
+        except ImportError:
+            return
+    _set_madvise_hugepage(False)
+
+
+_no_huge_page_advice()
 _pool = ThreadPoolExecutor(THREADS) if THREADS > 1 else None
 MIN_PARALLEL = 1 << 16  # elements below which threads cost more than they save
 
@@ -114,26 +134,43 @@ def classifier(losses, dlogits, logits, targets, V, dloss):
     in_row_chunks(rows, lf.shape[0], lf.size)
 
 
+_adamw_scratch = [np.empty((2, 0), np.float32)]
+
+
+def _scratch(n: int) -> np.ndarray:
+    """Two float32 rows of at least n, kept between steps: a fresh temporary of a large tensor costs a page
+    fault per 4 KiB every step (and NumPy gives large blocks back to the OS when they are freed)."""
+    if _adamw_scratch[0].shape[1] < n:
+        _adamw_scratch[0] = np.empty((2, n), np.float32)
+    return _adamw_scratch[0]
+
+
 def adamw(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, grad_scale):
-    """AdamW in place (the reference's math), chunked over the cores, with one temporary per chunk."""
+    """AdamW in place (the reference's math), chunked over the cores, in a scratch buffer kept between
+    steps (the same operations in the same order as with temporaries: the same bits)."""
     c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
     n = param.size
+    scratch = _scratch(n)
 
     def chunk(lo, hi):
         p, gr, mm, vv = param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi]
-        g = gr * np.float32(grad_scale)
+        g, h = scratch[0, lo:hi], scratch[1, lo:hi]
+        np.multiply(gr, np.float32(grad_scale), out=g)
         mm *= np.float32(beta1)
-        mm += np.float32(1 - beta1) * g
+        np.multiply(g, np.float32(1 - beta1), out=h)
+        mm += h
         g *= g
         vv *= np.float32(beta2)
-        vv += np.float32(1 - beta2) * g
+        np.multiply(g, np.float32(1 - beta2), out=h)
+        vv += h
         np.divide(vv, np.float32(c2), out=g)
         np.sqrt(g, out=g)
         g += np.float32(eps)                          # sqrt(v_hat) + eps
         np.divide(mm, g, out=g)
         g *= np.float32(1 / c1)                       # m_hat / (sqrt(v_hat) + eps)
         if weight_decay:
-            g += np.float32(weight_decay) * p
+            np.multiply(p, np.float32(weight_decay), out=h)
+            g += h
         g *= np.float32(lr)
         p -= g
     in_row_chunks(chunk, n, n)
