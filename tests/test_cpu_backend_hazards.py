@@ -147,16 +147,27 @@ def test_interrupted_model_forwards_never_spoil_the_next_one():
         idx = np.random.default_rng(0).integers(0, 101, (2, 16)).astype(np.int32)
         want = ref.forward(idx, idx)[1]
         rng, broke, interrupted = random.Random(1), 0, 0
+        handled = threading.Event()
+
+        def on_sigint(signum, frame):
+            handled.set()
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, on_sigint)
         for run in range(15):
+            handled.clear()
             timer = threading.Timer(rng.uniform(0.0, 0.05), lambda: os.kill(os.getpid(), signal.SIGINT))
             timer.start()
             try:
                 cuda.forward(idx, idx)
-                timer.join()       # however late a loaded machine runs the timer, it interrupts in here
-                time.sleep(0.01)   # (where Python runs the handler of the signal just sent)
+                timer.join()       # however late a loaded machine runs the timer, it interrupts in here:
+                for _ in range(1000):   # the handler of a signal may run a while after it was sent
+                    if handled.is_set():
+                        break
+                    time.sleep(0.005)
             except KeyboardInterrupt:
                 interrupted += 1
                 timer.join()
+            assert handled.is_set(), "the interrupt was never handled"
             loss = cuda.forward(idx, idx)[1]   # the next forward, after whatever the interrupt hit
             broke += abs(loss - want) > 1e-5
         print(f"interrupted={interrupted} broke={broke}")
