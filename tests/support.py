@@ -1,8 +1,13 @@
 """What the op tests share (import it as `from support import f64, oversized`: pytest puts tests/ on
 sys.path). Fixtures live in conftest.py; plain helpers here, so a reader sees where they come from."""
+import ml_dtypes
 import numpy as np
 
+import helpers
 from helpers import device, train
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+U_BF16 = 2.0**-8     # bf16's unit roundoff: 8 significant bits, round to nearest
 
 
 def f64(a):
@@ -32,3 +37,18 @@ def tiny_train_config(tmp_path, **overrides):
                 val_every=4, val_batches=2, sample_every=0, checkpoint_every=4, out_dir=str(tmp_path / "run"),
                 backend="numpy")
     return train.TrainConfig(**{**base, **overrides})
+
+
+def check_bf16(name, got, ref, atol, rtol):
+    """A bf16 output against the float64 reference `ref` computed on the same (bf16) inputs.
+
+    The kernel computes y32 in float32, within E = atol + rtol*|ref| of ref (the float32 versions'
+    bound), and stores bf16(y32), rounded once to nearest: |bf16(y32) - y32| <= U_BF16*|y32| <=
+    U_BF16*(|ref| + E). So |out - ref| <= (1 + U_BF16)*atol + (U_BF16 + (1 + U_BF16)*rtol)*|ref|.
+    Tighter, as rounding is monotone: bf16(ref - E) <= out <= bf16(ref + E) (through float32, which
+    is the same rounding for the float32 y32), i.e. out is one of the bf16 values y32 could round to."""
+    helpers.check(name, got, ref, atol=(1 + U_BF16) * atol, rtol=U_BF16 + (1 + U_BF16) * rtol)
+    out = device.asnumpy(got).astype(np.float64)
+    err = atol + rtol * np.abs(ref)
+    low, high = ((ref + sign * err).astype(np.float32).astype(BF16).astype(np.float64) for sign in (-1, 1))
+    assert np.all((low <= out) & (out <= high)), f"{name}: outside the bf16 roundings of ref -+ E"

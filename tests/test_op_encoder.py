@@ -4,7 +4,6 @@ differences, and every shape assertion of the wrappers. The bf16 versions (VERSI
 have their own section at the end."""
 from types import SimpleNamespace
 
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -14,7 +13,7 @@ from helpers.ops import encoder
 from helpers.runtime import device, nvrtc_report
 from helpers.runtime.cuda_source import REPO_ROOT
 from helpers.teaching import gradcheck
-from support import f64, oversized
+from support import BF16, check_bf16, f64, oversized
 
 EPS32 = float(np.finfo(np.float32).eps)
 FORWARD32 = [v for v, line in encoder.VERSIONS["forward"].items() if not line.startswith("bf16:")]
@@ -302,8 +301,6 @@ def test_backward_refuses_a_host_idx_of_the_wrong_shape():
 # ------------------------------------------------------------------------------------------------
 # bf16 storage (mixed precision): forward version 3, backward version 3
 # ------------------------------------------------------------------------------------------------
-BF16 = np.dtype(ml_dtypes.bfloat16)
-U_BF16 = 2.0**-8     # bf16's unit roundoff: 8 significant bits, round to nearest
 U32 = 2.0**-24       # float32's
 BF16_FORWARD = [v for v in encoder.VERSIONS["forward"] if v not in FORWARD32]
 BF16_BACKWARD = [v for v in encoder.VERSIONS["backward"] if v not in BACKWARD32]
@@ -324,21 +321,6 @@ def bf16_inputs(shape, seed=0):
 
 def bits(a):
     return device.asnumpy(a).view(np.uint16)
-
-
-def check_bf16(name, got, ref, atol, rtol):
-    """A bf16 output against the float64 reference `ref` computed on the same (bf16) inputs.
-
-    The kernel computes y32 in float32, within E = atol + rtol*|ref| of ref (the float32 versions'
-    bound), and stores bf16(y32), rounded once to nearest: |bf16(y32) - y32| <= U_BF16*|y32| <=
-    U_BF16*(|ref| + E). So |out - ref| <= (1 + U_BF16)*atol + (U_BF16 + (1 + U_BF16)*rtol)*|ref|.
-    Tighter, as rounding is monotone: bf16(ref - E) <= out <= bf16(ref + E) (through float32, which
-    is the same rounding for the float32 y32), i.e. out is one of the bf16 values y32 could round to."""
-    helpers.check(name, got, ref, atol=(1 + U_BF16) * atol, rtol=U_BF16 + (1 + U_BF16) * rtol)
-    out = device.asnumpy(got).astype(np.float64)
-    err = atol + rtol * np.abs(ref)
-    low, high = ((ref + sign * err).astype(np.float32).astype(BF16).astype(np.float64) for sign in (-1, 1))
-    assert np.all((low <= out) & (out <= high)), f"{name}: outside the bf16 roundings of ref -+ E"
 
 
 @pytest.mark.parametrize("shape", BF16_SHAPES, ids=str)

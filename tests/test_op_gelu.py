@@ -8,7 +8,6 @@ section at the end.
 """
 import math
 
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -16,7 +15,7 @@ import helpers
 from helpers import device
 from helpers.ops import gelu as G
 from helpers.teaching import gradcheck
-from support import f64, randn
+from support import BF16, check_bf16, f64, randn
 
 SHAPES = [(3, 37, 48), (2, 7, 20)]  # (B, T, C); GELU runs on (B, T, 4C)
 VERSIONS = [v for v, line in G.VERSIONS["forward"].items() if not line.startswith("bf16:")]   # float32
@@ -171,8 +170,6 @@ def test_wrong_dtype_is_refused():
 # ------------------------------------------------------------------------------------------------
 # bf16 storage (mixed precision): version 3
 # ------------------------------------------------------------------------------------------------
-BF16 = np.dtype(ml_dtypes.bfloat16)
-U_BF16 = 2.0**-8   # bf16's unit roundoff: 8 significant bits, round to nearest
 BF16_VERSIONS = [v for v in G.VERSIONS["forward"] if v not in VERSIONS]
 FP32_TOL = dict(atol=1e-5, rtol=float(np.finfo(np.float32).eps))   # llm.c's, as the float32 tests above
 BF16_SHAPES = [(3, 37, 48), (2, 7, 20), (1, 1, 2)]   # n = B*T*4C: multiples of 8 (8 is the smallest)
@@ -184,21 +181,6 @@ def test_bf16_version_is_3_in_both_steps():
 
 def bf16_randn(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(BF16)
-
-
-def check_bf16(name, got, ref, atol, rtol):
-    """A bf16 output against the float64 reference `ref` computed on the same (bf16) inputs.
-
-    The kernel computes y32 in float32, within E = atol + rtol*|ref| of ref (the float32 versions'
-    bound), and stores bf16(y32), rounded once to nearest: |bf16(y32) - y32| <= U_BF16*|y32| <=
-    U_BF16*(|ref| + E). So |out - ref| <= (1 + U_BF16)*atol + (U_BF16 + (1 + U_BF16)*rtol)*|ref|.
-    Tighter, as rounding is monotone: bf16(ref - E) <= out <= bf16(ref + E) (through float32, which
-    is the same rounding for the float32 y32), i.e. out is one of the bf16 values y32 could round to."""
-    helpers.check(name, got, ref, atol=(1 + U_BF16) * atol, rtol=U_BF16 + (1 + U_BF16) * rtol)
-    out = device.asnumpy(got).astype(np.float64)
-    err = atol + rtol * np.abs(ref)
-    low, high = ((ref + sign * err).astype(np.float32).astype(BF16).astype(np.float64) for sign in (-1, 1))
-    assert np.all((low <= out) & (out <= high)), f"{name}: outside the bf16 roundings of ref -+ E"
 
 
 def ulps_apart(a, b):

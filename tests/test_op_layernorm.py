@@ -2,7 +2,6 @@
 odd shapes, in every thread order, the NumPy backward against finite differences, and every shape
 assumption of a version refused with a clear ValueError. The bf16 versions (VERSIONS lines
 "bf16: ...") have their own section at the end."""
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -11,7 +10,7 @@ from helpers.ops import layernorm as ln
 from helpers.runtime import device, nvrtc_report
 from helpers.runtime.cuda_source import REPO_ROOT
 from helpers.teaching import gradcheck
-from support import f64
+from support import BF16, check_bf16, f64
 
 FWD_TOL = dict(atol=1e-5)   # llm.c: layernorm forward 1e-5 (rtol: FLT_EPSILON, helpers.check's default)
 # llm.c: layernorm backward 1e-3; plus rtol 1e-4 because dweight/dbias are sums over all N rows, whose
@@ -199,8 +198,6 @@ def test_welford_solution_compiles_for_the_gpu():
 # ------------------------------------------------------------------------------------------------
 # bf16 storage (mixed precision): forward version 4, backward version 3
 # ------------------------------------------------------------------------------------------------
-BF16 = np.dtype(ml_dtypes.bfloat16)
-U_BF16 = 2.0**-8   # bf16's unit roundoff: 8 significant bits, round to nearest
 BF16_SHAPES = [(3, 37, 48), (2, 7, 104), (2, 5, 1600), (1, 1, 8)]   # C % 8 == 0 (1600: GPT-2 XL's C)
 
 
@@ -212,21 +209,6 @@ def test_bf16_versions():
 def bf16_inputs(shape, seed=0):
     """make_inputs rounded to bf16: x, weight, bias, dout (what the bf16 model stores)."""
     return tuple(a.astype(BF16) for a in make_inputs(shape, seed))
-
-
-def check_bf16(name, got, ref, atol, rtol):
-    """A bf16 output against the float64 reference `ref` computed on the same (bf16) inputs.
-
-    The kernel computes y32 in float32, within E = atol + rtol*|ref| of ref (the float32 versions'
-    bound), and stores bf16(y32), rounded once to nearest: |bf16(y32) - y32| <= U_BF16*|y32| <=
-    U_BF16*(|ref| + E). So |out - ref| <= (1 + U_BF16)*atol + (U_BF16 + (1 + U_BF16)*rtol)*|ref|.
-    Tighter, as rounding is monotone: bf16(ref - E) <= out <= bf16(ref + E) (through float32, which
-    is the same rounding for the float32 y32), i.e. out is one of the bf16 values y32 could round to."""
-    helpers.check(name, got, ref, atol=(1 + U_BF16) * atol, rtol=U_BF16 + (1 + U_BF16) * rtol)
-    out = device.asnumpy(got).astype(np.float64)
-    err = atol + rtol * np.abs(ref)
-    low, high = ((ref + sign * err).astype(np.float32).astype(BF16).astype(np.float64) for sign in (-1, 1))
-    assert np.all((low <= out) & (out <= high)), f"{name}: outside the bf16 roundings of ref -+ E"
 
 
 def run_forward_bf16(x, weight, bias, **kw):

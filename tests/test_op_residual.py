@@ -13,7 +13,7 @@ import helpers
 from helpers import device
 from helpers.ops import residual as R
 from helpers.teaching import gradcheck
-from support import f64, randn
+from support import BF16, U_BF16, f64, randn
 
 SHAPES = [(3, 37, 48), (2, 7, 20)]  # (B, T, C)
 VERSIONS = [v for v, line in R.VERSIONS["forward"].items() if not line.startswith("bf16:")]   # float32
@@ -95,8 +95,6 @@ def test_checks(rng):
 # ------------------------------------------------------------------------------------------------
 # bf16 storage (mixed precision): version 3
 # ------------------------------------------------------------------------------------------------
-BF16 = np.dtype(ml_dtypes.bfloat16)
-U_BF16 = 2.0**-8   # bf16's unit roundoff: 8 significant bits, round to nearest
 U32 = 2.0**-24     # float32's
 BF16_SHAPES = [(3, 37, 48), (2, 7, 20), (1, 1, 8)]   # n = B*T*C: multiples of 8
 

@@ -143,26 +143,25 @@ def address(a) -> int:
     return int(a.__array_interface__["data"][0])
 
 
-def check_float4(kernel: str, fallback: str, **arrays) -> None:
-    """Arrays a kernel reads or writes as float4 must start at a 16-byte aligned address (on a GPU a
-    misaligned float4 stops the kernel). `fallback` says what to use instead (\"version 1\")."""
+def _check_16_bytes(kernel: str, loads: str, fix: str, fallback: str, arrays: dict) -> None:
     device_arrays(kernel, **arrays)
     for name, a in arrays.items():
         if a is not None and address(a) % FLOAT4_BYTES:
-            raise ValueError(f"{kernel} loads float4: `{name}` must start at a 16-byte aligned address, but it "
-                             f"starts {address(a) % FLOAT4_BYTES} bytes past one (a view such as x[1:]?); pass a "
-                             f"fresh array (device.asarray(x.copy())) or use {fallback}")
+            raise ValueError(f"{kernel} loads {loads}: `{name}` must start at a 16-byte aligned address, but "
+                             f"it starts {address(a) % FLOAT4_BYTES} bytes past one (a view such as x[1:]?); pass a "
+                             f"{fix} or use {fallback}")
+
+
+def check_float4(kernel: str, fallback: str, **arrays) -> None:
+    """Arrays a kernel reads or writes as float4 must start at a 16-byte aligned address (on a GPU a
+    misaligned float4 stops the kernel). `fallback` says what to use instead (\"version 1\")."""
+    _check_16_bytes(kernel, "float4", "fresh array (device.asarray(x.copy()))", fallback, arrays)
 
 
 def check_16_byte_aligned(kernel: str, fallback: str, **arrays) -> None:
     """Arrays a kernel reads or writes 16 bytes at a time (8 bf16 values, llm.c's Packed128) must start at
     a 16-byte aligned address, as for float4 (check_float4)."""
-    device_arrays(kernel, **arrays)
-    for name, a in arrays.items():
-        if a is not None and address(a) % FLOAT4_BYTES:
-            raise ValueError(f"{kernel} loads 16 bytes at a time: `{name}` must start at a 16-byte aligned address, but "
-                             f"it starts {address(a) % FLOAT4_BYTES} bytes past one (a view such as x[1:]?); pass a "
-                             f"fresh array or use {fallback}")
+    _check_16_bytes(kernel, "16 bytes at a time", "fresh array", fallback, arrays)
 
 
 def check_multiple_of(kernel: str, what: str, value: int, k: int, why: str, fallback: str) -> None:
