@@ -82,6 +82,7 @@ class LanguageModel:
         # the weights the kernels read; in bf16 mode a bf16 copy of the float32 master weights
         self.params = FlatBuffer(self.parameter_shapes(), self.xp, dtype=self.storage)
         self.master = FlatBuffer(self.parameter_shapes(), self.xp) if self.dtype == "bf16" else None
+        self.buffer_numel = 0       # >0: the parameter and gradient buffers' length (pad_flat_buffers)
         self.grads = None           # allocated at the first backward (zero_grad)
         self.acts = self.grad_acts = None
         self.B = self.T = 0
@@ -155,9 +156,13 @@ class LanguageModel:
         self.grad_acts = None
         self.B, self.T = B, T
 
-    def memory_plan(self, B: int | None = None, T: int | None = None) -> str:
-        """The buffers this model allocates for batches of (B, T), as a table (also printed)."""
+    def memory_plan(self, B: int | None = None, T: int | None = None, optimizer_shards: int = 1) -> str:
+        """The buffers this model allocates for batches of (B, T), as a table (also printed). With
+        optimizer_shards = N (ZeRO-1 over N ranks, helpers.train.parallel) a rank keeps 1/N of AdamW's m and v:
+        the table is one rank's, and says what the sharding saves."""
         B, T = B or self.B or 1, T or self.T or self.config.block_size
+        if optimizer_shards < 1:
+            raise ValueError(f"optimizer_shards must be at least 1, got {optimizer_shards}")
         numel = sum(int(np.prod(s)) for s in self.parameter_shapes().values())
         p, w = numel * 4, numel * self.storage.itemsize
         acts = self.activation_shapes(B, T)
@@ -165,13 +170,20 @@ class LanguageModel:
         a = sum(int(np.prod(s)) * np.dtype(dtypes[k]).itemsize for k, s in acts.items())
         da = sum(int(np.prod(s)) * self.storage.itemsize for s in self.activation_gradient_shapes(acts).values())
         kind = "bf16" if self.dtype == "bf16" else "fp32"
+        N = optimizer_shards
+        shard = -(-numel // (64 * N)) * 64 * 4 if N > 1 else p   # helpers.runtime.comm.Shards' equal shards
+        moment = "" if N == 1 else f" (1/{N}: ZeRO-1)"
         rows = [("parameters", kind, w)] + ([("master weights", "fp32", p)] if self.dtype == "bf16" else []) + [
-            ("gradients", "fp32", p), ("AdamW m", "fp32", p), ("AdamW v", "fp32", p),
+            ("gradients", "fp32", p), ("AdamW m" + moment, "fp32", shard), ("AdamW v" + moment, "fp32", shard),
             (f"activations (B={B}, T={T})", kind, a), ("activation gradients", kind, da)]
         lines = [f"memory plan, {type(self).__name__}, {self.backend} backend, {self.dtype}, "
-                 f"{self.num_parameters():,} parameters"]
+                 f"{self.num_parameters():,} parameters" + ("" if N == 1 else f", one rank of {N} with ZeRO-1")]
         lines += [f"  {name:<30}{dt:<6}{_mib(n)}" for name, dt, n in rows]
-        lines.append(f"  {'total':<36}{_mib(sum(n for _, _, n in rows))}")
+        total = sum(n for _, _, n in rows)
+        lines.append(f"  {'total':<36}{_mib(total)}")
+        if N > 1:
+            lines.append(f"  {'saved by ZeRO-1':<36}{_mib(2 * (p - shard))} ({100 * 2 * (p - shard) / (total + 2 * (p - shard)):.0f}% "
+                         f"of the unsharded rank's {(total + 2 * (p - shard)) / 2**20:.1f} MiB)")
         text = "\n".join(lines)
         print(text)
         return text
@@ -217,9 +229,19 @@ class LanguageModel:
         return float(device.asnumpy(A["losses"]).astype(np.float64).mean())
 
     # -- gradients ------------------------------------------------------------------------------------
+    def pad_flat_buffers(self, numel: int):
+        """Make the parameter and gradient buffers `numel` elements long, zeros past the tensors, so that ZeRO-1
+        can split them into equal shards (helpers.train.parallel); the weights are kept, the gradients dropped."""
+        old = self.params
+        if numel < old.memory.size:
+            raise ValueError(f"pad_flat_buffers: {numel:,} elements is shorter than the parameters' {old.memory.size:,}")
+        self.params = FlatBuffer(self.parameter_shapes(), self.xp, dtype=self.storage, min_numel=numel)
+        self.params.memory[:old.memory.size] = old.memory
+        self.buffer_numel, self.grads = numel, None
+
     def zero_grad(self):
         if self.grads is None:
-            self.grads = FlatBuffer(self.parameter_shapes(), self.xp)
+            self.grads = FlatBuffer(self.parameter_shapes(), self.xp, min_numel=self.buffer_numel)
         else:
             self.grads.memory[...] = 0
 
@@ -264,13 +286,14 @@ class AdamW:
     GPT-2 practice, as in nanoGPT and llm.c. `lr` may be changed before each step (a schedule)."""
 
     def __init__(self, model: LanguageModel, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, allocate: bool = True):
         if not lr >= 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or not eps > 0 or not weight_decay >= 0:
             raise ValueError(f"invalid AdamW hyperparameters lr={lr}, betas={betas}, eps={eps}, "
                              f"weight_decay={weight_decay}")
         self.model, self.lr, self.betas, self.eps, self.weight_decay = model, lr, tuple(betas), eps, weight_decay
-        self.m = FlatBuffer(model.parameter_shapes(), model.xp)
-        self.v = FlatBuffer(model.parameter_shapes(), model.xp)
+        if allocate:   # (a subclass that keeps only part of the state, helpers.train.parallel.ZeroAdamW: not)
+            self.m = FlatBuffer(model.parameter_shapes(), model.xp)
+            self.v = FlatBuffer(model.parameter_shapes(), model.xp)
         self.t = 0
 
     def step(self, grad_scale: float = 1.0):

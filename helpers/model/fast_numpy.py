@@ -13,7 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-THREADS = max(1, int(os.environ.get("GPT2_NUMPY_THREADS", "0")) or (os.cpu_count() or 1))
+from ..runtime.comm import local_size
+
+#: threads of the row chunks: GPT2_NUMPY_THREADS, else the cores, shared by the ranks of an MPI run on this machine
+THREADS = max(1, int(os.environ.get("GPT2_NUMPY_THREADS", "0")) or (os.cpu_count() or 1) // local_size())
 
 
 def _no_huge_page_advice() -> None:

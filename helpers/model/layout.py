@@ -137,7 +137,10 @@ class FlatBuffer:
     activations are bfloat16, its statistics float32): the memory is then bytes, viewed per tensor."""
     ALIGN_BYTES = 256
 
-    def __init__(self, shapes: dict[str, tuple], xp, fill=0.0, dtype=np.float32, dtypes: dict | None = None):
+    def __init__(self, shapes: dict[str, tuple], xp, fill=0.0, dtype=np.float32, dtypes: dict | None = None,
+                 min_numel: int = 0):
+        """min_numel (one dtype only): at least this many elements in memory, the tail past the views zeros
+        (ZeRO-1 splits the memory into equal shards, helpers.runtime.comm.Shards)."""
         self.shapes = shapes
         self.dtypes = {k: np.dtype((dtypes or {}).get(k, dtype)) for k in shapes}
         self.sizes = {k: int(np.prod(s)) for k, s in shapes.items()}
@@ -149,11 +152,14 @@ class FlatBuffer:
         self.dtype = next(iter(self.dtypes.values()), np.dtype(dtype)) if single else None
         if single:   # one dtype: the memory is an array of it (a flat float32 buffer for the norms, AdamW...)
             itemsize = self.dtype.itemsize
-            self.numel = offset // itemsize
+            self.numel = max(offset // itemsize, int(min_numel))
+            offset = self.numel * itemsize
             self.memory = xp.full(self.numel, fill, dtype=self.dtype)
             self.views = {k: self.memory[o // itemsize:o // itemsize + self.sizes[k]].reshape(shapes[k])
                           for k, o in self.offsets.items()}
         else:
+            if min_numel:
+                raise ValueError("min_numel needs a FlatBuffer of one dtype")
             if fill != 0:
                 raise ValueError("a FlatBuffer of several dtypes can only be filled with zeros")
             self.numel = None

@@ -22,3 +22,11 @@ class CompileError(RuntimeError):
 
 class DeviceUnavailableError(RuntimeError):
     """The backend asked for (GPT2_DEVICE=cupy) cannot work on this machine; the text says why."""
+
+
+class RankFailure(RuntimeError):
+    """Another process of a multi-process (MPI) run died or cannot be reached: this one cannot go on."""
+
+
+class MPIUnavailableError(RuntimeError):
+    """A process started by an MPI launcher without mpi4py (the text says what to install)."""

@@ -14,6 +14,10 @@ atomically; a run started again with the same out_dir resumes from its checkpoin
 exactly (bit for bit) the losses of a run that was never interrupted. A NaN or infinite loss stops the
 run with a clear error and leaves the last good checkpoint in place. Every step appends one JSON line
 to out_dir/log.jsonl.
+
+Started by mpirun (`mpirun -np N python -m helpers.train ...`, helpers.train.parallel) the run is
+data parallel: each of the N processes computes its part of every step's batches, the gradients are
+summed over them (MPI, or NCCL on GPUs), and rank 0 alone writes the log and the checkpoints.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,12 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from . import data
+from ..runtime import comm as comm_module
 from ..runtime import device
+from ..runtime.errors import MPIUnavailableError, RankFailure
 from ..model.checkpoints import atomic_write
 from ..model.base import LanguageModel
 from ..model.gpt2 import GPT2, AdamW, GPT2Config
 from ..model.llama import Llama, LlamaConfig
 from ..ops.global_norm import clip_coefficient
+from .parallel import DataParallel, ZeroAdamW
 
 
 class TrainingError(RuntimeError):
@@ -89,6 +97,8 @@ class TrainConfig:
     warmup_steps: int = setting(30, "steps of linear warmup from lr/warmup_steps to lr", OPTIMISATION)
     weight_decay: float = setting(0.1, "AdamW's weight decay, on the 2-D weights only", OPTIMISATION)
     grad_clip: float = setting(1.0, "the gradients' global norm is clipped to this", OPTIMISATION)
+    zero: bool = setting(False, "with several ranks (mpirun): ZeRO-1, each rank keeps AdamW's state for 1/N of "
+                                "the parameters (notebook 14)", OPTIMISATION)
     val_every: int = setting(50, "steps between validation losses (0: only at the end)", OUTPUT)
     val_batches: int = setting(8, "batches of the validation split averaged for each validation loss", OUTPUT)
     sample_every: int = setting(100, "steps between printed samples (0: none)", OUTPUT)
@@ -136,7 +146,8 @@ FORMAT = "gpt2-cuda-notebooks checkpoint 1"
 # settings that change what a run computes: a run resumes only with the same ones
 TRAJECTORY = ("model", "dtype", "n_layer", "n_head", "n_embd", "vocab_size", "n_kv_head", "intermediate_size",
               "rope_theta", "tie_embeddings", "init_from", "data_path", "train_bin", "val_bin", "B", "T",
-              "grad_accum", "seed", "steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip")
+              "seed", "steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip")
+# and the batches averaged per step, ranks x grad_accum (a run may resume on another number of ranks)
 
 
 def tensor_digest(tensors: dict) -> str:
@@ -149,13 +160,18 @@ def tensor_digest(tensors: dict) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: Path, model: LanguageModel, opt: AdamW, loader: data.DataLoader, step: int, cfg: TrainConfig):
+def save_checkpoint(path: Path, model: LanguageModel, opt: AdamW, loader: data.DataLoader, step: int, cfg: TrainConfig,
+                    ranks: int = 1, write: bool = True):
+    """Write the run's state to `path` atomically. In a data-parallel run every rank calls it (ZeRO-1 gathers
+    AdamW's shards) and only rank 0 writes (write=True)."""
     from safetensors import numpy as safetensors_numpy
     tensors = {f"param.{k}": v for k, v in model.state().items()}
     state = opt.state()
+    if not write:
+        return
     tensors["adamw.m"], tensors["adamw.v"] = state["m"], state["v"]
     meta = {"step": step, "adamw_t": state["t"], "loader": loader.state(), "model": model_name(model),
-            "model_config": asdict(model.config),
+            "model_config": asdict(model.config), "ranks": ranks,
             "train_config": asdict(cfg), "format": FORMAT, "tensors_sha256": tensor_digest(tensors)}
     try:
         atomic_write(path, lambda p: safetensors_numpy.save_file(tensors, str(p), metadata={"meta": json.dumps(meta)}))
@@ -189,12 +205,21 @@ def load_checkpoint(path: Path, verify: bool = True):
     return meta, tensors
 
 
-def _check_resumable(path: Path, meta: dict, tensors: dict, model: LanguageModel, cfg: TrainConfig, loader: data.DataLoader):
+def _check_resumable(path: Path, meta: dict, tensors: dict, model: LanguageModel, cfg: TrainConfig, loader: data.DataLoader,
+                     ranks: int = 1):
     """Refuse a checkpoint that this run cannot continue exactly, saying why."""
     restart = "use another out_dir, or --no-resume (resume=False) to start over"
     saved = meta.get("train_config", {})
     diffs = [f"{k}: {saved.get(k)!r} in the checkpoint, {getattr(cfg, k)!r} now" for k in TRAJECTORY
              if k in saved and saved[k] != getattr(cfg, k)]
+    saved_ranks, saved_accum = int(meta.get("ranks", 1)), saved.get("grad_accum", cfg.grad_accum)
+    if saved_ranks * saved_accum != ranks * cfg.grad_accum:
+        raise TrainingError(
+            f"{path} was written by a run that averaged {saved_ranks * saved_accum} batches per step ({saved_ranks} "
+            f"rank(s) x grad_accum {saved_accum}); this run averages {ranks * cfg.grad_accum} ({ranks} rank(s) x "
+            f"grad_accum {cfg.grad_accum}), so it would not continue that run. Choose ranks and --grad-accum whose "
+            f"product is {saved_ranks * saved_accum} (e.g. mpirun -np {saved_ranks} with --grad-accum {saved_accum}), "
+            f"or {restart}")
     if diffs:
         raise TrainingError(f"{path} was written by a run with other settings ({'; '.join(diffs)}); resuming would "
                             f"not continue that run. Run again with its settings, or {restart}")
@@ -290,22 +315,37 @@ def build_model(cfg: TrainConfig, backend: str) -> LanguageModel:
                            n_embd=cfg.n_embd), backend=backend, seed=cfg.seed, dtype=cfg.dtype)
 
 
-def evaluate(model: LanguageModel, val_tokens, cfg: TrainConfig, batches: int | None = None) -> float:
-    """Mean loss over the first val_batches batches of the validation split (always the same ones)."""
+def evaluate(model: LanguageModel, val_tokens, cfg: TrainConfig, batches: int | None = None, comm=None) -> float:
+    """Mean loss over the first val_batches batches of the validation split (always the same ones). With a
+    communicator of several ranks each evaluates every N-th batch and the mean is taken in batch order (the
+    same number as one process's)."""
+    comm = comm or comm_module.SingleProcess()
     loader = data.DataLoader(val_tokens, cfg.B, cfg.T, shuffle=False)
     count = min(cfg.val_batches if batches is None else batches, loader.n_chunks)
-    losses = [model.forward(*loader.next_batch())[1] for _ in range(count)]
+    mine = []
+    for i in range(count):
+        batch = loader.next_batch()
+        if i % comm.size == comm.rank:
+            mine.append(model.forward(*batch)[1])
+    parts = comm.allgather_object(mine)
+    losses = [parts[i % comm.size][i // comm.size] for i in range(count)]
     return float(np.mean(losses))
 
 
-def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) -> list[dict]:
+def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None, comm=None) -> list[dict]:
     """Run (or resume) training; returns the log records. on_step(record, model) is called after each
-    step (the notebook plots from it). `tokens` = (train, val) token arrays, else tiny Shakespeare."""
+    step (the notebook plots from it). `tokens` = (train, val) token arrays, else tiny Shakespeare.
+    `comm`: the ranks of a data-parallel run (default: helpers.runtime.comm.world(), one process unless
+    mpirun started this one); every rank returns the same records."""
     cfg.validate()
+    comm = comm or comm_module.world()
+    lead = comm.rank == 0          # rank 0 writes the log, the checkpoints and the samples
     backend = cfg.resolved_backend()
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+    comm.barrier()
     ckpt_path, log_path = out / "checkpoint.safetensors", out / "log.jsonl"
     if tokens is not None:
         train_tokens, val_tokens = tokens
@@ -315,67 +355,90 @@ def train(cfg: TrainConfig, on_step=None, progress: bool = True, tokens=None) ->
         train_tokens, val_tokens = data.read_token_file(cfg.train_bin), data.read_token_file(cfg.val_bin)
     else:
         train_tokens, val_tokens = data.load_tiny_shakespeare(cfg.data_path)
-    enc = data.tokenizer() if cfg.sample_every else None
+    enc = data.tokenizer() if cfg.sample_every and lead else None
     model = build_model(cfg, backend)
     if cfg.T > model.config.block_size:
         raise ValueError(f"T={cfg.T} is longer than the model's block_size={model.config.block_size}")
-    opt = AdamW(model, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
+    parallel = DataParallel(comm, model, cfg.grad_accum, zero=cfg.zero)
+    hyper = dict(lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
+    opt = ZeroAdamW(model, comm, parallel.shards, **hyper) if parallel.zero else AdamW(model, **hyper)
     loader = data.DataLoader(train_tokens, cfg.B, cfg.T, seed=cfg.seed)
     start = 0
-    if cfg.resume and ckpt_path.is_file():
+    resuming = cfg.resume and ckpt_path.is_file()
+    if comm.size > 1:
+        parallel.check_same_everywhere("settings", (asdict(cfg), resuming, int(train_tokens.size)))
+    if resuming:
         meta, tensors = load_checkpoint(ckpt_path)
-        _check_resumable(ckpt_path, meta, tensors, model, cfg, loader)
+        _check_resumable(ckpt_path, meta, tensors, model, cfg, loader, comm.size)
         model.load_state(_params(tensors))
         opt.load_state({"t": meta["adamw_t"], "m": tensors["adamw.m"], "v": tensors["adamw.v"]})
         loader.load_state(meta["loader"])
         start = meta["step"]
-        _truncate_log(log_path, start)
-    elif log_path.exists():
+        if lead:
+            _truncate_log(log_path, start)
+    elif log_path.exists() and lead:
         log_path.unlink()
+    if comm.size > 1:
+        parallel.check_same_everywhere("weights", tensor_digest(model.state()))
     records = []
     bar = None
-    if progress:
+    if progress and lead:
         from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"training {cfg.model} ({backend} backend)", unit="step")
-    tokens_per_step = cfg.B * cfg.T * cfg.grad_accum
+        where = f"{backend} backend" + (f", {comm.size} ranks over {comm.transport}" if comm.size > 1 else "")
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"training {cfg.model} ({where})", unit="step")
+    n = parallel.batches_per_step
+    tokens_per_step = cfg.B * cfg.T * n
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
             opt.lr = learning_rate(step, cfg)
             model.zero_grad()
-            loss = 0.0
-            for _ in range(cfg.grad_accum):
+            mine = []
+            for i in range(n):    # every rank reads every batch of the step and computes its own
                 x, y = loader.next_batch()
-                _, micro = model.forward(x, y)
-                model.backward()
-                loss += micro / cfg.grad_accum
-            norm = model.grad_norm() / cfg.grad_accum  # the gradients are sums of grad_accum means
+                if parallel.mine(i):
+                    mine.append(model.forward(x, y)[1])
+                    model.backward()
+            parallel.sum_gradients()
+            loss = 0.0
+            for micro in parallel.all_losses(mine):   # in batch order, as one process adds them
+                loss += micro / n
+            norm = parallel.grad_norm() / n  # the gradients are sums of n means
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was written"
                 raise TrainingError(f"the loss became {loss} (gradient norm {norm}) at step {step}: training diverged. "
                                     f"Stopped without saving; {good}. Lower the learning rate (now {opt.lr:.3g}) or "
                                     f"raise warmup_steps, and resume.")
-            opt.step(grad_scale=clip_coefficient(norm, cfg.grad_clip) / cfg.grad_accum)
+            opt.step(grad_scale=clip_coefficient(norm, cfg.grad_clip) / n)
             device.synchronize()
             seconds = time.perf_counter() - t0
             record = {"step": step, "loss": loss, "val_loss": None, "lr": opt.lr, "grad_norm": norm,
                       "tokens_per_s": tokens_per_step / seconds, "ms_per_step": 1e3 * seconds}
             last = step == cfg.steps - 1
             if cfg.val_every and ((step + 1) % cfg.val_every == 0 or last):
-                record["val_loss"] = evaluate(model, val_tokens, cfg)
-            if cfg.sample_every and ((step + 1) % cfg.sample_every == 0 or last):
+                record["val_loss"] = evaluate(model, val_tokens, cfg, comm=comm)
+            if lead and cfg.sample_every and ((step + 1) % cfg.sample_every == 0 or last):
                 record["sample"] = sample_text(model, enc, cfg.sample_tokens, seed=step)
-            with open(log_path, "a") as f:
-                f.write(json.dumps({k: v for k, v in record.items() if k != "sample"}) + "\n")
+            if lead:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({k: v for k, v in record.items() if k != "sample"}) + "\n")
             if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or last):
                 # a checkpoint is kept only if its weights still give a finite loss ("the last good one")
-                after = record["val_loss"] if record["val_loss"] is not None else evaluate(model, val_tokens, cfg, 1)
+                after = (record["val_loss"] if record["val_loss"] is not None
+                         else evaluate(model, val_tokens, cfg, 1, comm=comm))
                 if not math.isfinite(after):
                     good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was written"
                     raise TrainingError(f"after step {step} the weights give a loss of {after}: training diverged. "
                                         f"Stopped without saving; {good}. Lower the learning rate (now {opt.lr:.3g}) or "
                                         f"raise warmup_steps, and resume.")
-                save_checkpoint(ckpt_path, model, opt, loader, step + 1, cfg)
+                failure = None
+                try:
+                    save_checkpoint(ckpt_path, model, opt, loader, step + 1, cfg, comm.size, write=lead)
+                except TrainingError as e:
+                    failure = str(e)
+                failures = comm.allgather_object(failure)   # every rank stops if rank 0 could not save
+                if any(failures):
+                    raise TrainingError(next(f for f in failures if f))
             records.append(record)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.3f}", **({"val": f"{record['val_loss']:.3f}"} if record["val_loss"] else {}))
@@ -458,15 +521,38 @@ def main(argv=None):
             group.add_argument(flag, type=kind, default=f.default, metavar=metavar, help=f.metadata["help"])
     args = parser.parse_args(argv)
     cfg = TrainConfig(**vars(args))
+    comm = None
     try:
-        records = train(cfg)
-    except (TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        comm = comm_module.world()
+        records = train(cfg, comm=comm)
+    except (TrainingError, ValueError, FileNotFoundError, RankFailure, MPIUnavailableError) as e:
+        where = f" (rank {comm.rank} of {comm.size})" if comm is not None and comm.size > 1 else ""
+        print(f"error{where}: {e}", file=sys.stderr, flush=True)
+        _stop_other_ranks(comm)
+        return 1
+    except Exception:
+        if comm is None or comm.size == 1:
+            raise
+        import traceback
+        traceback.print_exc()
+        print(f"error (rank {comm.rank} of {comm.size}): the traceback above", file=sys.stderr, flush=True)
+        _stop_other_ranks(comm)
         return 1
     last = next((r for r in reversed(records) if r["val_loss"] is not None), None)
-    if last:
+    if last and comm.rank == 0:
         print(f"step {last['step']}: train loss {last['loss']:.4f}, val loss {last['val_loss']:.4f}")
     return 0
+
+
+def _stop_other_ranks(comm):
+    """A rank that stops with an error leaves at once, without MPI_Finalize (which would wait for ranks
+    that wait for it): the others see it fail at their next collective and stop with their own message
+    (Open MPI's ULFM, --with-ft ulfm), or mpirun stops them (without it). Exit status 1 either way: with
+    ULFM, MPI_Abort after a failure would make mpirun exit 0."""
+    if comm is not None and comm.size > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,12 @@ class Device:
         pass
 
     def use(self):
+        """Make this the current device (the stand-in has one: device 0)."""
+        if not 0 <= self.id < runtime.getDeviceCount():
+            raise runtime.CUDARuntimeError(f"cudaErrorInvalidDevice: device {self.id} of {runtime.getDeviceCount()}")
+        return self
+
+    def use(self):
         return self
 
     def __enter__(self):
