@@ -3,7 +3,7 @@
     runtime/   the device, the CPU backend, launch checks, reading .cu files, NVRTC   (layer 1)
     ops/       one module per op: NumPy reference + kernel wrappers                    (layer 2)
     model/     GPT-2 from the ops, its memory layout, checkpoints, the HF oracle       (layer 3)
-    train/     token data, the training loop, loss plots                               (layer 4)
+    train/     token data, the training loop, data parallelism over MPI, loss plots    (layer 4)
     sample/    the sampling widget                                                     (layer 5)
     teaching/  checks, finite differences, benchmarks, the notebooks' shared helpers   (layer 6)
 

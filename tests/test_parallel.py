@@ -27,6 +27,7 @@ import pytest
 from helpers.model.layout import FlatBuffer
 from helpers.runtime import comm as comm_module, device
 from helpers.train import TrainConfig, TrainingError, build_model, data, load_checkpoint, read_log, train
+from helpers.train.launch import config_flags, launch
 from helpers.train.parallel import mpirun_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,20 +37,10 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, B=2, T=16, steps=6, lr=1e-2, warmup_
             val_batches=4, sample_every=0, checkpoint_every=3)
 
 
-def flags(cfg: TrainConfig) -> list[str]:
-    out = []
-    for k, v in vars(cfg).items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            out.append(flag if v else "--no-" + k.replace("_", "-"))
-        elif v is not None:
-            out += [flag, str(v)]
-    return out
-
-
 def mpirun(cfg: TrainConfig, *hooks: str, ranks: int = 2, check: bool = True) -> subprocess.CompletedProcess:
+    """mpirun of tests/mpi_runner.py (helpers.train with the hooks), bounded in time."""
     cmd = mpirun_command(ranks, [])
-    cmd = cmd[:cmd.index("-m")] + [str(ROOT / "tests" / "mpi_runner.py"), *hooks, "--", *flags(cfg)]
+    cmd = cmd[:cmd.index("-m")] + [str(ROOT / "tests" / "mpi_runner.py"), *hooks, "--", *config_flags(cfg)]
     env = {**os.environ, "GPT2_NUMPY_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=ROOT)
     if check and done.returncode != 0:
@@ -258,3 +249,12 @@ def test_the_writer_dying_mid_checkpoint_leaves_the_previous_one_intact(tmp_path
     whole = replace(cfg, out_dir=str(tmp_path / "whole"))
     mpirun(whole)
     assert losses(out) == losses(whole.out_dir)
+
+
+def test_launch_follows_a_run_and_reports_a_failure(tmp_path):
+    cfg = config(tmp_path, "launched", steps=3, checkpoint_every=0, val_every=0)
+    records = launch(2, cfg, progress=True, timeout=TIMEOUT)
+    assert [r["step"] for r in records] == [0, 1, 2]
+    bad = config(tmp_path, "bad", steps=3, train_bin=str(tmp_path / "x.bin"))   # without val_bin: refused
+    with pytest.raises(TrainingError, match=r"(?s)2-rank run failed.*give both train_bin and val_bin"):
+        launch(2, bad, progress=False, timeout=TIMEOUT)

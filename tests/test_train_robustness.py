@@ -114,7 +114,7 @@ def test_impossible_contents_are_refused(run, tmp_path, tokens, what, change, pa
 
 @pytest.mark.parametrize("change, named", [
     (dict(B=8), "B: 4 in the checkpoint, 8 now"),
-    (dict(grad_accum=2), "grad_accum: 1 in the checkpoint, 2 now"),
+    (dict(grad_accum=2), r"averaged 1 batches per step \(1 rank\(s\) x grad_accum 1\); this run averages 2"),
     (dict(steps=9), "steps: 6 in the checkpoint, 9 now"),
     (dict(lr=1e-3), "lr: 0.003 in the checkpoint, 0.001 now"),
 ])

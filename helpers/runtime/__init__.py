@@ -5,6 +5,7 @@
 - `launch_checks`: every launch's arguments checked against the kernel's C signature, on both backends;
 - `cuda_source`: reading a `.cu` file (kernels, signatures, includes) without a compiler;
 - `nvrtc`, `nvrtc_report`: NVIDIA's runtime compiler without a GPU, and what it says of each kernel;
+- `comm`: MPI (mpi4py) and NCCL between the processes of a data-parallel run;
 - `errors`: the exceptions every layer raises.
 
 Imports only the standard library, NumPy and (when present) CuPy: nothing above it.
