@@ -23,6 +23,7 @@ import numpy as np
 
 from ..ops import adamw as adamw_ops
 from ..runtime import device
+from ..runtime.comm import Shards
 from .backends import CudaOps, NumpyOps
 from .generate import generate
 from .layout import FlatBuffer
@@ -171,7 +172,7 @@ class LanguageModel:
         da = sum(int(np.prod(s)) * self.storage.itemsize for s in self.activation_gradient_shapes(acts).values())
         kind = "bf16" if self.dtype == "bf16" else "fp32"
         N = optimizer_shards
-        shard = -(-numel // (64 * N)) * 64 * 4 if N > 1 else p   # helpers.runtime.comm.Shards' equal shards
+        shard = Shards(numel, N).length * 4 if N > 1 else p   # bytes of one rank's m (and of its v)
         moment = "" if N == 1 else f" (1/{N}: ZeRO-1)"
         rows = [("parameters", kind, w)] + ([("master weights", "fp32", p)] if self.dtype == "bf16" else []) + [
             ("gradients", "fp32", p), ("AdamW m" + moment, "fp32", shard), ("AdamW v" + moment, "fp32", shard),
@@ -182,8 +183,9 @@ class LanguageModel:
         total = sum(n for _, _, n in rows)
         lines.append(f"  {'total':<36}{_mib(total)}")
         if N > 1:
-            lines.append(f"  {'saved by ZeRO-1':<36}{_mib(2 * (p - shard))} ({100 * 2 * (p - shard) / (total + 2 * (p - shard)):.0f}% "
-                         f"of the unsharded rank's {(total + 2 * (p - shard)) / 2**20:.1f} MiB)")
+            saved = 2 * (p - shard)
+            lines.append(f"  {'saved by ZeRO-1':<36}{_mib(saved)} ({100 * saved / (total + saved):.0f}% "
+                         f"of the unsharded rank's {(total + saved) / 2**20:.1f} MiB)")
         text = "\n".join(lines)
         print(text)
         return text

@@ -165,10 +165,10 @@ def save_checkpoint(path: Path, model: LanguageModel, opt: AdamW, loader: data.D
     """Write the run's state to `path` atomically. In a data-parallel run every rank calls it (ZeRO-1 gathers
     AdamW's shards) and only rank 0 writes (write=True)."""
     from safetensors import numpy as safetensors_numpy
-    tensors = {f"param.{k}": v for k, v in model.state().items()}
     state = opt.state()
     if not write:
         return
+    tensors = {f"param.{k}": v for k, v in model.state().items()}
     tensors["adamw.m"], tensors["adamw.v"] = state["m"], state["v"]
     meta = {"step": step, "adamw_t": state["t"], "loader": loader.state(), "model": model_name(model),
             "model_config": asdict(model.config), "ranks": ranks,

@@ -96,20 +96,21 @@ class ZeroAdamW(AdamW):
         lo, hi = shards(comm.rank).start, shards(comm.rank).stop
         self.m = model.xp.zeros(shards.length, np.float32)
         self.v = model.xp.zeros(shards.length, np.float32)
-        # the pieces of the parameter tensors in this shard: (name, tensor index, first, end) in the tensor
+        # the pieces of the parameter tensors in this shard: (name, first, end) in the tensor, and where
+        # the piece starts in this rank's m and v
         self.pieces = []
-        for i, (k, offset) in enumerate(model.params.offsets.items()):
+        for k, offset in model.params.offsets.items():
             start = offset // model.params.dtype.itemsize
             first, end = max(lo, start) - start, min(hi, start + model.params.sizes[k]) - start
             if first < end:
-                self.pieces.append((k, i, first, end, start + first - lo))
+                self.pieces.append((k, first, end, start + first - lo))
 
     def step(self, grad_scale: float = 1.0):
         model = self.model
         if model.grads is None:
             raise RuntimeError("no gradients: call model.backward() before optimizer.step()")
         self.t += 1
-        for k, _, first, end, at in self.pieces:
+        for k, first, end, at in self.pieces:
             wd = self.weight_decay if k in model.DECAYED else 0.0
             n = end - first
             model.ops.adamw(model.params[k].reshape(-1)[first:end], model.grads[k].reshape(-1)[first:end],
@@ -125,15 +126,8 @@ class ZeroAdamW(AdamW):
             buf = self.model.xp.zeros(self.shards.padded, np.float32)
             buf[self.shards(self.comm.rank)] = getattr(self, name)
             self.comm.allgather(buf, self.shards)
-            full[name] = device.asnumpy(buf[:self.unsharded_numel]).copy()
+            full[name] = device.asnumpy(buf[:self.shards.numel]).copy()   # (without the shards' padding)
         return {"t": self.t, **full}
-
-    @property
-    def unsharded_numel(self) -> int:
-        """The elements of one process's m (the parameters' FlatBuffer without ZeRO's padding)."""
-        last = next(reversed(self.model.params.offsets))
-        end = self.model.params.offsets[last] // 4 + self.model.params.sizes[last]
-        return -(-end // 64) * 64
 
     def load_state(self, state: dict):
         self.t = int(state["t"])
