@@ -42,6 +42,9 @@
 //     array 16-byte aligned (the wrapper checks). The seed chooses the roundings, the same bits on
 //     every run and backend (helpers/ops/adamw.py has them in NumPy); pass a new seed at each step
 //     (and for each tensor updated by its own launch), or the same elements round the same way.
+//     `offset` is the index of params[0] in its tensor, 0 for a whole tensor: the bits are
+//     random_bits(offset + k, seed), so a tensor updated in pieces (ZeRO-1 gives each rank a shard of
+//     it, helpers/train/parallel.py) rounds exactly as it does in one launch.
 
 #include "bf16.cuh"
 
@@ -111,7 +114,7 @@ extern "C" __global__ void adamw2(float* params, const float* grads, float* m, f
 extern "C" __global__ void adamw3(__nv_bfloat16* params, float* master, const float* grads, float* m, float* v,
                                   int n, float lr, float beta1, float beta2, float beta1_correction,
                                   float beta2_correction, float eps, float weight_decay, float grad_scale,
-                                  unsigned int seed) {
+                                  unsigned int seed, unsigned int offset) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;  // index of a group of eight parameters
     if (i >= n / 8) {
         return;
@@ -134,8 +137,8 @@ extern "C" __global__ void adamw3(__nv_bfloat16* params, float* master, const fl
         reinterpret_cast<float4*>(master)[q] = p;
         reinterpret_cast<float4*>(m)[q] = m4;
         reinterpret_cast<float4*>(v)[q] = v4;
-        // the random bits of element k are random_bits(k, seed), whichever thread rounds it
-        unsigned int k = 4u * (unsigned int)q;
+        // the random bits of element k of the tensor are random_bits(k, seed), whichever thread rounds it
+        unsigned int k = offset + 4u * (unsigned int)q;
         out.v[4 * half + 0] = to_bf16_stochastic(p.x, random_bits(k + 0u, seed));
         out.v[4 * half + 1] = to_bf16_stochastic(p.y, random_bits(k + 1u, seed));
         out.v[4 * half + 2] = to_bf16_stochastic(p.z, random_bits(k + 2u, seed));

@@ -323,6 +323,49 @@ def test_bf16_kernel_on_a_2d_array():
     assert np.array_equal(bits16(device.asnumpy(param)), bits16(op.stochastic_round(device.asnumpy(master), 1005)))
 
 
+def test_bf16_tensor_updated_in_pieces_rounds_as_one_launch():
+    """ZeRO-1 gives each rank a piece of a tensor (helpers/train/parallel.py): pieces launched with their
+    `offset` in the tensor draw random_bits(offset + k, seed), so they give the whole launch's bits, on the
+    kernels and in NumPy; the same pieces without their offsets draw other bits and round otherwise."""
+    n, cuts = 8 * 300, (0, 64 * 13, 64 * 29, 8 * 300)
+    rng = np.random.default_rng(11)
+    master, param, m, v = start_bf16(n, seed=11)
+    g = rng.standard_normal(n).astype(np.float32)
+    whole = [device.asarray(a.copy()) for a in (param, master, m, v)]
+    op.update(whole[0], device.asarray(g), whole[2], whole[3], 3, *HYPER.values(), version=BF16_VERSION,
+              master=whole[1], seed=4242)
+    for offsets in (True, False):
+        parts = [device.asarray(a.copy()) for a in (param, master, m, v)]
+        for lo, hi in zip(cuts, cuts[1:]):
+            op.update(*(a[lo:hi] for a in parts[:1]), device.asarray(g[lo:hi]), parts[2][lo:hi], parts[3][lo:hi], 3,
+                      *HYPER.values(), version=BF16_VERSION, master=parts[1][lo:hi], seed=4242,
+                      offset=lo if offsets else 0)
+        for a, b in zip(whole[1:], parts[1:]):   # master, m, v: elementwise, the pieces do not matter
+            assert np.array_equal(device.asnumpy(a).view(np.uint32), device.asnumpy(b).view(np.uint32)) \
+                or not CPU_SEMANTICS
+        same = np.array_equal(bits16(device.asnumpy(whole[0])), bits16(device.asnumpy(parts[0])))
+        assert same == offsets
+    numpy_parts = np.concatenate([op.stochastic_round(device.asnumpy(whole[1])[lo:hi], 4242, offset=lo)
+                                  for lo, hi in zip(cuts, cuts[1:])])
+    assert np.array_equal(bits16(numpy_parts), bits16(device.asnumpy(whole[0])))
+    ref_param = param.copy()
+    ref = [master.copy(), m.copy(), v.copy()]
+    for lo, hi in zip(cuts, cuts[1:]):
+        piece = ref_param[lo:hi]
+        op.adamw_update(piece, g[lo:hi], ref[1][lo:hi], ref[2][lo:hi], 3, grad_scale=1.0, master=ref[0][lo:hi],
+                        seed=4242, offset=lo, **HYPER)
+    assert np.array_equal(bits16(ref_param), bits16(op.stochastic_round(ref[0], 4242)))
+
+
+def test_bf16_offset_is_checked():
+    param, master, m, v = (device.zeros(8, BF16), device.zeros(8), device.zeros(8), device.zeros(8))
+    for bad in (-1, 2**32 - 4, 1.5, True):
+        with pytest.raises(ValueError, match=r"adamw3: `offset` is the index of param's first element in its tensor"):
+            op.update(param, v, m, v, 1, *HYPER.values(), version=BF16_VERSION, master=master, seed=1, offset=bad)
+    with pytest.raises(ValueError, match=r"adamw2 takes no `offset`"):
+        op.update(master, v, m, v, 1, *HYPER.values(), version=2, offset=8)
+
+
 def bf16_round_only(master, seeds):
     """adamw3 with lr = 0 and a zero gradient: the master stays as it is (p - 0 * 0), so each launch only
     rounds it, with each seed in turn. Returns the bf16 params (one row per seed) and the master after."""

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from helpers.model.layout import FlatBuffer
+from helpers.ops.common import BF16
 from helpers.runtime import comm as comm_module, device
 from helpers.train import TrainConfig, TrainingError, build_model, data, load_checkpoint, read_log, train
 from helpers.train.launch import config_flags, launch
@@ -54,6 +55,13 @@ def config(tmp_path, name, backend="numpy", **kw) -> TrainConfig:
 
 # the kernels too: on the CPU backend, or (the stand-in pass) through CuPy's API with MPI on host copies
 BACKENDS = pytest.mark.parametrize("backend", ["numpy", "cuda"])
+
+
+@pytest.fixture
+def bf16_gpu(monkeypatch):
+    """Through the CuPy stand-in, a GPU with bf16 (the default stand-in is a T4, where a bf16 model falls back
+    to fp32); the ranks mpirun starts inherit it."""
+    monkeypatch.setenv("GPT2_STANDIN_GPU", "h100")
 
 
 def losses(out_dir) -> list[float]:
@@ -184,26 +192,118 @@ def test_zero1_takes_the_same_steps_as_plain_data_parallelism(tmp_path):
     mpirun(zero)
     a, b = read_log(Path(plain.out_dir) / "log.jsonl"), read_log(Path(zero.out_dir) / "log.jsonl")
     # the update is elementwise: a shard's new weights are those of the whole buffer's update, bit for bit;
-    # only the gradient norm is summed in another grouping (float64: shards' sums, then the ranks')
-    assert [r["loss"] for r in a] == [r["loss"] for r in b]
-    for x, y in zip(a, b):
-        assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-12 * x["grad_norm"]
+    # and both take the gradient norm as the sum of the shards' squared norms
+    assert [(r["loss"], r["grad_norm"]) for r in a] == [(r["loss"], r["grad_norm"]) for r in b]
     ma, ta = load_checkpoint(Path(plain.out_dir) / "checkpoint.safetensors")
     mb, tb = load_checkpoint(Path(zero.out_dir) / "checkpoint.safetensors")
     for k in ta:   # the gathered AdamW state and the weights: the same checkpoint
         assert np.array_equal(ta[k], tb[k]), k
 
 
-def test_zero1_memory_plan_shows_the_saving():
+def test_zero1_in_bf16_shards_the_master_weights_and_resumes_as_plain_data_parallelism(tmp_path, bf16_gpu):
+    """Mixed precision: each rank updates its pieces of the float32 master weights and rounds them into its
+    pieces of the bf16 weights with the tensors' own rounding seeds and the pieces' offsets in them, then the
+    bf16 weights are all-gathered: the same bits as plain data parallelism, whose every rank updates the
+    whole tensors. Resumed from a checkpoint (the master's pieces loaded, the bf16 weights rounded in pieces
+    as step t rounded them) it goes on with the same bits too."""
+    bf16 = dict(backend="cuda", dtype="bf16", steps=4, checkpoint_every=2, val_every=2)
+    plain, zero = config(tmp_path, "plain", **bf16), config(tmp_path, "zero", zero=True, **bf16)
+    assert build_model(plain, "cuda").dtype == "bf16"    # (what the ranks build: no fallback to fp32)
+    mpirun(plain)
+    mpirun(zero, "--die", "1:1", check=False)    # stopped after step 1, the checkpoint of 2 steps written
+    assert load_checkpoint(Path(zero.out_dir) / "checkpoint.safetensors")[0]["step"] == 2
+    mpirun(zero)
+    a, b = read_log(Path(plain.out_dir) / "log.jsonl"), read_log(Path(zero.out_dir) / "log.jsonl")
+    assert [r["step"] for r in b] == [0, 1, 2, 3]
+    assert [(r["loss"], r["val_loss"], r["grad_norm"]) for r in a] == [
+        (r["loss"], r["val_loss"], r["grad_norm"]) for r in b]
+    assert max(r["grad_norm"] for r in a) > plain.grad_clip   # (the clipping coefficient matters)
+    _, ta = load_checkpoint(Path(plain.out_dir) / "checkpoint.safetensors")
+    _, tb = load_checkpoint(Path(zero.out_dir) / "checkpoint.safetensors")
+    assert set(ta) == set(tb)
+    for k in ta:   # the float32 master weights (gathered) and AdamW's state: the same checkpoint
+        assert np.array_equal(ta[k], tb[k]), k
+
+
+class FakeRank:
+    """Rank `rank` of `size` for the in-process checks of what a rank keeps: collectives that leave the
+    buffers as they are (the other ranks' shards are not filled in)."""
+    transport = "none"
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def allgather(self, buf, shards):
+        return buf
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_zero1_in_bf16_keeps_one_shard_of_the_master_weights(rank, bf16_gpu):
+    from helpers.train.parallel import DataParallel, ZeroAdamW
+    cfg = TrainConfig(n_layer=2, n_head=2, n_embd=32, B=2, T=16, backend="cuda", dtype="bf16")
+    model = build_model(cfg, "cuda")
+    assert model.dtype == "bf16"
+    whole = {k: v.copy() for k, v in model.state().items()}
+    parallel = DataParallel(FakeRank(rank, 2), model, 1, zero=True)
+    opt = ZeroAdamW(model, parallel.comm, parallel.shards)
+    shards = parallel.shards
+    # one shard of the master, m and v; the bf16 weights whole, at the float32 buffers' element offsets
+    assert model.master is None and model.master_shard is opt
+    assert opt.master.size == opt.m.size == opt.v.size == shards.length < shards.numel
+    assert model.params.memory.size == shards.padded
+    flat = np.concatenate([np.pad(w.reshape(-1), (0, -w.size % 64)) for w in whole.values()])
+    mine = shards(rank)
+    assert np.array_equal(device.asnumpy(opt.master), np.pad(flat, (0, shards.padded - flat.size))[mine])
+    for k, w in whole.items():   # the bf16 weights are still the master's nearest roundings
+        assert np.array_equal(device.asnumpy(model.params[k]).astype(np.float32), w.astype(BF16).astype(np.float32))
+    # load_master fills this rank's pieces only; gather_master puts them back where they belong
+    shifted = {k: w + 1 for k, w in whole.items()}
+    model.load_state(shifted)
+    got = model.state()   # (the fake all-gather: only this rank's shard is filled in)
+    for k, w in shifted.items():
+        o = model.params.offsets[k] // 2
+        inside = (np.arange(o, o + w.size) >= mine.start) & (np.arange(o, o + w.size) < mine.stop)
+        assert np.array_equal(got[k].reshape(-1)[inside], w.reshape(-1)[inside]), k
+        assert not got[k].reshape(-1)[~inside].any(), k
+
+
+def test_zero1_optimizer_refuses_buffers_not_laid_out_for_shards(bf16_gpu):
+    from helpers.train.parallel import ZeroAdamW
+    cfg = TrainConfig(n_layer=2, n_head=2, n_embd=32, B=2, T=16, backend="cuda", dtype="bf16")
+    model = build_model(cfg, "cuda")
+    shards = comm_module.Shards(model.flat_numel, 2)
+    with pytest.raises(ValueError, match=r"the model's flat buffers must be [\d,]+ elements long "
+                                         r"\(model.pad_flat_buffers\(shards.padded\)"):
+        ZeroAdamW(model, FakeRank(0, 2), shards)
+    # long enough, but the bf16 weights at 256-byte offsets (128 elements) instead of the float32 ones
+    shards = comm_module.Shards(model.params.memory.size, 2)   # (the 256-byte layout is the longer one)
+    model.pad_flat_buffers(shards.padded)
+    model.params = FlatBuffer(model.parameter_shapes(), model.xp, dtype=BF16, min_numel=shards.padded)
+    assert model.params.memory.size == shards.padded
+    with pytest.raises(ValueError, match=r"ZeroAdamW: parameter \w+ starts at element [\d,]+ of the weights but "
+                                         r"at [\d,]+ of the float32 buffers"):
+        ZeroAdamW(model, FakeRank(0, 2), shards)
+
+
+def test_zero1_memory_plan_shows_the_saving(bf16_gpu):
     cfg = TrainConfig(n_layer=2, n_head=2, n_embd=32, B=2, T=16, backend="numpy")
     model = build_model(cfg, "numpy")
     one, two = model.memory_plan(2, 16), model.memory_plan(2, 16, optimizer_shards=2)
     assert "AdamW m (1/2: ZeRO-1)" in two and "saved by ZeRO-1" in two and "ZeRO" not in one
 
     def mib(text, row):
-        return float(next(l for l in text.splitlines() if l.strip().startswith(row)).split()[-2])
+        line = next(l for l in text.splitlines() if l.strip().startswith(row)).split()
+        return float(line[line.index("MiB") - 1])
     assert abs(mib(two, "AdamW m") - mib(one, "AdamW m") / 2) < 0.1
     assert mib(two, "total") < mib(one, "total")
+    # bf16: the master weights are sharded too, and the saving counts them
+    bf16 = build_model(replace(cfg, backend="cuda", dtype="bf16"), "cuda")
+    one, two = bf16.memory_plan(2, 16), bf16.memory_plan(2, 16, optimizer_shards=2)
+    assert "master weights (1/2: ZeRO-1)" in two
+    assert abs(mib(two, "master weights") - mib(one, "master weights") / 2) < 0.1
+    saved = mib(one, "total") - mib(two, "total")
+    assert abs(mib(two, "saved by ZeRO-1") - saved) < 0.1
+    assert abs(saved - 3 * (mib(one, "AdamW m") - mib(two, "AdamW m"))) < 0.1
 
 
 def test_resume_on_another_number_of_ranks(tmp_path):

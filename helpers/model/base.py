@@ -83,6 +83,10 @@ class LanguageModel:
         # the weights the kernels read; in bf16 mode a bf16 copy of the float32 master weights
         self.params = FlatBuffer(self.parameter_shapes(), self.xp, dtype=self.storage)
         self.master = FlatBuffer(self.parameter_shapes(), self.xp) if self.dtype == "bf16" else None
+        # ZeRO-1 in bf16 (helpers.train.parallel.ZeroAdamW): this rank keeps only its shard of the master
+        # weights, master is None, and state() / load_state() go through the shard's gather_master() and
+        # load_master()
+        self.master_shard = None
         self.buffer_numel = 0       # >0: the parameter and gradient buffers' length (pad_flat_buffers)
         self.grads = None           # allocated at the first backward (zero_grad)
         self.acts = self.grad_acts = None
@@ -120,14 +124,20 @@ class LanguageModel:
                 t = np.concatenate([t, np.zeros((shape[0] - t.shape[0], shape[1]), np.float32)])
             if t.shape != shape:
                 raise ValueError(f"parameter {k} has shape {t.shape}, but the config {self.config} needs {shape}")
-            if self.master is not None:   # bf16: the float32 master, and its copy rounded to nearest
+            if self.master_shard is not None:   # bf16 with ZeRO-1: this rank's piece of the master
+                self.master_shard.load_master(k, t)
+                t = t.astype(BF16)
+            elif self.master is not None:   # bf16: the float32 master, and its copy rounded to nearest
                 self.master[k][...] = self.xp.asarray(t)
                 t = t.astype(BF16)
             self.params[k][...] = self.xp.asarray(t)
 
     def state(self) -> dict[str, np.ndarray]:
         """The parameters as float32 host NumPy arrays (the vocabulary tables with their padded rows; in bf16
-        mode the master weights)."""
+        mode the master weights; with ZeRO-1 in bf16 they are gathered from the ranks' shards, a collective
+        that every rank must call)."""
+        if self.master_shard is not None:
+            return self.master_shard.gather_master()
         weights = self.master if self.master is not None else self.params
         return {k: device.asnumpy(v).copy() for k, v in weights.views.items()}
 
@@ -172,9 +182,11 @@ class LanguageModel:
         da = sum(int(np.prod(s)) * self.storage.itemsize for s in self.activation_gradient_shapes(acts).values())
         kind = "bf16" if self.dtype == "bf16" else "fp32"
         N = optimizer_shards
-        shard = Shards(numel, N).length * 4 if N > 1 else p   # bytes of one rank's m (and of its v)
+        shard = Shards(numel, N).length * 4 if N > 1 else p   # bytes of one rank's m (and of its v, master)
         moment = "" if N == 1 else f" (1/{N}: ZeRO-1)"
-        rows = [("parameters", kind, w)] + ([("master weights", "fp32", p)] if self.dtype == "bf16" else []) + [
+        sharded = 3 if self.dtype == "bf16" else 2           # m, v (and the master weights)
+        rows = [("parameters", kind, w)] + ([("master weights" + moment, "fp32", shard)] if self.dtype == "bf16"
+                                            else []) + [
             ("gradients", "fp32", p), ("AdamW m" + moment, "fp32", shard), ("AdamW v" + moment, "fp32", shard),
             (f"activations (B={B}, T={T})", kind, a), ("activation gradients", kind, da)]
         lines = [f"memory plan, {type(self).__name__}, {self.backend} backend, {self.dtype}, "
@@ -183,7 +195,7 @@ class LanguageModel:
         total = sum(n for _, _, n in rows)
         lines.append(f"  {'total':<36}{_mib(total)}")
         if N > 1:
-            saved = 2 * (p - shard)
+            saved = sharded * (p - shard)
             lines.append(f"  {'saved by ZeRO-1':<36}{_mib(saved)} ({100 * saved / (total + saved):.0f}% "
                          f"of the unsharded rank's {(total + saved) / 2**20:.1f} MiB)")
         text = "\n".join(lines)
@@ -231,14 +243,27 @@ class LanguageModel:
         return float(device.asnumpy(A["losses"]).astype(np.float64).mean())
 
     # -- gradients ------------------------------------------------------------------------------------
+    @property
+    def flat_numel(self) -> int:
+        """The length of the float32 flat buffers (gradients, AdamW's m and v; master weights in bf16)."""
+        return (self.master if self.master is not None else self.params).memory.size
+
     def pad_flat_buffers(self, numel: int):
-        """Make the parameter and gradient buffers `numel` elements long, zeros past the tensors, so that ZeRO-1
-        can split them into equal shards (helpers.train.parallel); the weights are kept, the gradients dropped."""
-        old = self.params
-        if numel < old.memory.size:
-            raise ValueError(f"pad_flat_buffers: {numel:,} elements is shorter than the parameters' {old.memory.size:,}")
-        self.params = FlatBuffer(self.parameter_shapes(), self.xp, dtype=self.storage, min_numel=numel)
-        self.params.memory[:old.memory.size] = old.memory
+        """Make the flat buffers (weights, gradients; master weights in bf16) `numel` elements long, zeros past
+        the tensors, so that ZeRO-1 can split them into equal shards (helpers.train.parallel); the weights are
+        kept, the gradients dropped. bf16 weights take the float32 buffers' element offsets (every view at a
+        multiple of 64 elements), so that a shard holds the same elements of every buffer."""
+        if numel < self.flat_numel:
+            raise ValueError(f"pad_flat_buffers: {numel:,} elements is shorter than the parameters' {self.flat_numel:,}")
+        old, shapes = self.params, self.parameter_shapes()
+        self.params = FlatBuffer(shapes, self.xp, dtype=self.storage, min_numel=numel,
+                                 align_elements=FlatBuffer.ALIGN_BYTES // 4)
+        for k in shapes:
+            self.params[k][...] = old[k]
+        if self.master is not None:
+            old = self.master
+            self.master = FlatBuffer(shapes, self.xp, min_numel=numel)
+            self.master.memory[:old.memory.size] = old.memory
         self.buffer_numel, self.grads = numel, None
 
     def zero_grad(self):

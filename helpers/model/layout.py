@@ -138,16 +138,25 @@ class FlatBuffer:
     ALIGN_BYTES = 256
 
     def __init__(self, shapes: dict[str, tuple], xp, fill=0.0, dtype=np.float32, dtypes: dict | None = None,
-                 min_numel: int = 0):
+                 min_numel: int = 0, align_elements: int | None = None):
         """min_numel (one dtype only): at least this many elements in memory, the tail past the views zeros
-        (ZeRO-1 splits the memory into equal shards, helpers.runtime.comm.Shards)."""
+        (ZeRO-1 splits the memory into equal shards, helpers.runtime.comm.Shards). align_elements (one dtype
+        only): each view starts at a multiple of this many elements instead of 256 bytes (ZeRO-1's bf16
+        weights take the float32 gradients' offsets, 64 elements, so that a shard is the same elements of
+        both; a multiple of 16 bytes still)."""
+        if align_elements is not None and dtypes:
+            raise ValueError("align_elements needs a FlatBuffer of one dtype")
+        align = self.ALIGN_BYTES if align_elements is None else int(align_elements) * np.dtype(dtype).itemsize
+        if align % 16:
+            raise ValueError(f"align_elements={align_elements} puts views {align} bytes apart: kernels load 16 bytes "
+                             f"at a time, so it must be a multiple of 16 bytes")
         self.shapes = shapes
         self.dtypes = {k: np.dtype((dtypes or {}).get(k, dtype)) for k in shapes}
         self.sizes = {k: int(np.prod(s)) for k, s in shapes.items()}
         self.offsets, offset = {}, 0           # in bytes
         for k in shapes:
             self.offsets[k] = offset
-            offset += -(-self.sizes[k] * self.dtypes[k].itemsize // self.ALIGN_BYTES) * self.ALIGN_BYTES
+            offset += -(-self.sizes[k] * self.dtypes[k].itemsize // align) * align
         single = len(set(self.dtypes.values())) <= 1
         self.dtype = next(iter(self.dtypes.values()), np.dtype(dtype)) if single else None
         if single:   # one dtype: the memory is an array of it (a flat float32 buffer for the norms, AdamW...)

@@ -13,10 +13,12 @@ finite-difference check: the reference is checked against torch.optim.AdamW inst
 Mixed precision (version 3, "bf16: ..."; notebook 13): param is bf16, grad, m, v float32, and two
 keyword-only arguments: `master`, the float32 master copy of param (same number of elements), which
 the step updates as version 2 updates a float32 param, and `seed`, an int in [0, 2^32) that chooses
-the stochastic rounding of the new master into param. `update(p_bf16, g, m, v, t, lr, ..., version=3,
+the stochastic rounding of the new master into param, and `offset` (default 0), the index of param's
+first element in its tensor when a piece of a tensor is updated (ZeRO-1's shards): the piece then rounds
+as it does in a launch over the whole tensor. `update(p_bf16, g, m, v, t, lr, ..., version=3,
 master=p_f32, seed=s)`. The NumPy side, bit-exact with the kernel: `random_bits(index, seed)`,
-`to_bf16_stochastic(x, bits)`, `stochastic_round(master, seed)`, and the reference's keywords
-`adamw_update(..., master=, seed=)`.
+`to_bf16_stochastic(x, bits)`, `stochastic_round(master, seed, offset)`, and the reference's keywords
+`adamw_update(..., master=, seed=, offset=)`.
 
 Kernels: cuda/adamw.cu · notebook: notebooks/07_adamw.ipynb · tests: tests/test_op_adamw.py
 """
@@ -48,7 +50,7 @@ BLOCK_SIZE = 512   # threads per block (elementwise: any multiple of 32 is fine)
 # NumPy reference
 # ------------------------------------------------------------------------------------------------
 def adamw_update(param, grad, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, grad_scale=1.0, *,
-                 master=None, seed=None):
+                 master=None, seed=None, offset=0):
     """One AdamW step (PyTorch's torch.optim.AdamW, as llm.c), in place on param, m and v.
 
     t counts the steps from 1; m and v start at zero. grad_scale multiplies the gradient first
@@ -56,8 +58,8 @@ def adamw_update(param, grad, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, wei
     directly instead of being added to the gradient, so Adam's per-parameter scaling does not touch it.
 
     With `master` (version 3's mixed precision): the step updates master (in its dtype) instead of
-    param, then writes param = stochastic_round(master, seed), as adamw3 does; param (bf16) is only
-    written. The rounding is bit-exact with the kernel given the same float32 master values.
+    param, then writes param = stochastic_round(master, seed, offset), as adamw3 does; param (bf16) is
+    only written. The rounding is bit-exact with the kernel given the same float32 master values.
     """
     if t < 1:
         raise ValueError(f"t counts optimizer steps from 1 (the bias corrections divide by 1 - beta^t), got t={t}")
@@ -71,7 +73,7 @@ def adamw_update(param, grad, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, wei
     v_hat = v / (1 - beta2**t)
     p -= lr * (m_hat / (np.sqrt(v_hat) + eps) + weight_decay * p)
     if master is not None:
-        param[...] = stochastic_round(master, seed).reshape(np.shape(param))
+        param[...] = stochastic_round(master, seed, offset).reshape(np.shape(param))
 
 
 def mix32(x):
@@ -107,11 +109,12 @@ def to_bf16_stochastic(x, bits):
     return np.where(special, nearest, rounded).view(ml_dtypes.bfloat16).reshape(shape)
 
 
-def stochastic_round(master, seed: int):
+def stochastic_round(master, seed: int, offset: int = 0):
     """What adamw3 writes into param: master (as float32) rounded stochastically to bf16 with
-    random_bits(k, seed) for element k of the flat array; the shape of master."""
+    random_bits(offset + k, seed) for element k of the flat array (offset: where master starts in its
+    tensor, when it is a piece of one); the shape of master."""
     x = np.ascontiguousarray(master, dtype=np.float32)
-    bits = random_bits(np.arange(x.size, dtype=np.uint32), seed)
+    bits = random_bits(np.arange(offset, offset + x.size, dtype=np.uint32), seed)
     return to_bf16_stochastic(x.reshape(-1), bits).reshape(x.shape)
 
 
@@ -131,15 +134,16 @@ def module():
 
 
 def launches(step: str, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, grad_scale=1.0, *,
-             version: int, master=None, seed=None) -> list[Launch]:
+             version: int, master=None, seed=None, offset=0) -> list[Launch]:
     """The checked launch of `update` (same arguments)."""
     check_version("adamw", step, version, VERSIONS)
     kernel = f"adamw{version}"
     bf16 = version == 3
-    if not bf16 and (master is not None or seed is not None):
-        given = " and ".join(f"`{k}`" for k, a in (("master", master), ("seed", seed)) if a is not None)
+    if not bf16 and (master is not None or seed is not None or offset != 0):
+        given = " and ".join(f"`{k}`" for k, a in (("master", master), ("seed", seed), ("offset", offset or None))
+                             if a is not None)
         raise ValueError(f"{kernel} takes no {given}: a float32 param is its own master copy and is rounded to "
-                         f"nearest; master and seed are for version 3 (a bf16 param)")
+                         f"nearest; master, seed and offset are for version 3 (a bf16 param)")
     check_array(kernel, "param", param, dtype=BF16 if bf16 else np.float32)
     for name, a in (("grad", grad), ("m", m), ("v", v)):
         check_array(kernel, name, a)
@@ -154,6 +158,11 @@ def launches(step: str, param, grad, m, v, t, lr, beta1, beta2, eps, weight_deca
                 or not 0 <= int(seed) < 2**32):
             raise ValueError(f"{kernel}: `seed` is required, an int in [0, 2^32) that chooses the stochastic "
                              f"rounding (a new one each step), got seed={seed!r}")
+        if (isinstance(offset, (bool, np.bool_)) or not isinstance(offset, numbers.Integral) or offset < 0
+                or offset + int(param.size) > 2**32):
+            raise ValueError(f"{kernel}: `offset` is the index of param's first element in its tensor, an int >= 0 "
+                             f"(offset + param.size <= 2^32: the rounding's element index is 32 bits), "
+                             f"got offset={offset!r}")
     n = int(param.size)
     for name, a in arrays:
         if int(a.size) != n:
@@ -177,7 +186,7 @@ def launches(step: str, param, grad, m, v, t, lr, beta1, beta2, eps, weight_deca
         check_16_byte_aligned(kernel, fallback, param=param, master=master, grad=grad, m=m, v=v)
         return [Launch(module().get_function(kernel), (ceil_div(n // 8, BLOCK_SIZE),), (BLOCK_SIZE,),
                        (param, master, grad, m, v, n, lr, beta1, beta2, beta1_correction, beta2_correction,
-                        eps, weight_decay, grad_scale, int(seed)))]
+                        eps, weight_decay, grad_scale, int(seed), int(offset)))]
     check_multiple_of_4(kernel, "param.size", n, "version 1")
     check_float4(kernel, "version 1", param=param, grad=grad, m=m, v=v)
     return [Launch(module().get_function(kernel), (ceil_div(n // 4, BLOCK_SIZE),), (BLOCK_SIZE,),
@@ -186,8 +195,9 @@ def launches(step: str, param, grad, m, v, t, lr, beta1, beta2, eps, weight_deca
 
 
 def update(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, grad_scale=1.0, version=2, *,
-           master=None, seed=None):
+           master=None, seed=None, offset=0):
     """One AdamW step with kernel version `version`, in place on the device arrays param, m, v (and, for
-    version 3, master: param bf16, the rest float32, seed an int in [0, 2^32))."""
+    version 3, master: param bf16, the rest float32, seed an int in [0, 2^32), offset param's place in
+    its tensor)."""
     run(launches("update", param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, grad_scale, version=version,
-                 master=master, seed=seed))
+                 master=master, seed=seed, offset=offset))

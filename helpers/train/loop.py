@@ -166,9 +166,11 @@ def save_checkpoint(path: Path, model: LanguageModel, opt: AdamW, loader: data.D
     AdamW's shards) and only rank 0 writes (write=True)."""
     from safetensors import numpy as safetensors_numpy
     state = opt.state()
+    # (the weights: on the writing rank, and on every rank when they are a collective, ZeRO-1's bf16 master)
+    weights = model.state() if write or model.master_shard is not None else None
     if not write:
         return
-    tensors = {f"param.{k}": v for k, v in model.state().items()}
+    tensors = {f"param.{k}": v for k, v in weights.items()}
     tensors["adamw.m"], tensors["adamw.v"] = state["m"], state["v"]
     meta = {"step": step, "adamw_t": state["t"], "loader": loader.state(), "model": model_name(model),
             "model_config": asdict(model.config), "ranks": ranks,
