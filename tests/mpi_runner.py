@@ -6,6 +6,8 @@
 --die RANK:STEP     rank RANK kills itself (SIGKILL: no Python cleanup) after step STEP
 --die-saving N      rank 0 is killed in the middle of its N-th checkpoint write (half the file written,
                     before the rename that would publish it)
+--show-transport    rank 0 prints the model's dtype, and at the end the transport and the NCCL
+                    collectives it called (the stand-in's NCCL records them)
 """
 import argparse
 import os
@@ -26,11 +28,14 @@ def main():
     parser.add_argument("--dump-grads")
     parser.add_argument("--die")
     parser.add_argument("--die-saving", type=int)
+    parser.add_argument("--show-transport", action="store_true")
     args, train_flags = parser.parse_known_args()
     train_flags = [f for f in train_flags if f != "--"]
     rank = comm_module.world().rank
 
     def on_step(record, model):
+        if args.show_transport and rank == 0 and record["step"] == 0:
+            print(f"model dtype: {model.dtype}", flush=True)
         if args.dump_grads and record["step"] == 0:
             np.save(Path(args.dump_grads) / f"grads.{rank}.npy", device.asnumpy(model.grads.memory))
         if args.die:
@@ -55,7 +60,12 @@ def main():
 
     real_train = loop.train
     loop.train = lambda cfg, comm=None: real_train(cfg, on_step=on_step, progress=False, comm=comm)
-    return loop.main(train_flags)
+    status = loop.main(train_flags)
+    world = comm_module.world()
+    if args.show_transport and rank == 0:
+        calls = sorted(set(getattr(world.nccl, "calls", []))) if getattr(world, "nccl", None) else []
+        print(f"transport: {world.transport}; NCCL calls: {' '.join(calls) or 'none'}", flush=True)
+    return status
 
 
 if __name__ == "__main__":

@@ -38,11 +38,12 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, B=2, T=16, steps=6, lr=1e-2, warmup_
             val_batches=4, sample_every=0, checkpoint_every=3)
 
 
-def mpirun(cfg: TrainConfig, *hooks: str, ranks: int = 2, check: bool = True) -> subprocess.CompletedProcess:
+def mpirun(cfg: TrainConfig, *hooks: str, ranks: int = 2, check: bool = True, env: dict | None = None
+           ) -> subprocess.CompletedProcess:
     """mpirun of tests/mpi_runner.py (helpers.train with the hooks), bounded in time."""
     cmd = mpirun_command(ranks, [])
     cmd = cmd[:cmd.index("-m")] + [str(ROOT / "tests" / "mpi_runner.py"), *hooks, "--", *config_flags(cfg)]
-    env = {**os.environ, "GPT2_NUMPY_THREADS": "1"}
+    env = {**os.environ, "GPT2_NUMPY_THREADS": "1", **(env or {})}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=ROOT)
     if check and done.returncode != 0:
         raise AssertionError(f"mpirun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -223,6 +224,36 @@ def test_zero1_in_bf16_shards_the_master_weights_and_resumes_as_plain_data_paral
     assert set(ta) == set(tb)
     for k in ta:   # the float32 master weights (gathered) and AdamW's state: the same checkpoint
         assert np.array_equal(ta[k], tb[k]), k
+
+
+def test_gpu_ranks_move_the_buffers_through_nccl(tmp_path):
+    """The GPU path: device buffers through NCCL (cupy.cuda.nccl) instead of host copies and MPI. Here the
+    ranks run the CuPy stand-in with its NCCL (MPI behind NCCL's calling conventions: counts per rank and
+    in elements, the in-place forms), in bf16 on a stand-in GPU that has it: plain data parallelism (an
+    all-reduce of the gradients) and ZeRO-1 (a reduce-scatter of them, all-gathers of the bf16 weights and,
+    for the checkpoint, of the float32 master, m and v) take the steps the host-copy path takes, bit for bit."""
+    standin = {"PYTHONPATH": str(ROOT / "tests" / "cupy_standin"), "GPT2_DEVICE": "cupy",
+               "GPT2_STANDIN_GPU": "h100"}
+    bf16 = dict(backend="cuda", dtype="bf16", steps=3, checkpoint_every=3, val_every=3)
+    runs = {"host": ({}, False), "nccl": ({"GPT2_STANDIN_NCCL": "1"}, False),
+            "nccl-zero": ({"GPT2_STANDIN_NCCL": "1"}, True)}
+    printed = {}
+    for name, (extra, zero) in runs.items():
+        printed[name] = mpirun(config(tmp_path, name, zero=zero, **bf16), "--show-transport",
+                               env={**standin, **extra}).stdout
+    assert all("model dtype: bf16" in out for out in printed.values())
+    assert "transport: MPI; NCCL calls: none" in printed["host"]
+    assert "transport: MPI + NCCL; NCCL calls: allReduce" in printed["nccl"]
+    assert "transport: MPI + NCCL; NCCL calls: allGather reduceScatter" in printed["nccl-zero"]
+    logs = {name: read_log(tmp_path / name / "log.jsonl") for name in runs}
+    steps = {name: [(r["loss"], r["val_loss"], r["grad_norm"]) for r in log] for name, log in logs.items()}
+    assert steps["nccl"] == steps["host"] == steps["nccl-zero"]
+    _, host = load_checkpoint(tmp_path / "host" / "checkpoint.safetensors")
+    for name in ("nccl", "nccl-zero"):
+        meta, tensors = load_checkpoint(tmp_path / name / "checkpoint.safetensors")
+        assert meta["train_config"]["dtype"] == "bf16" and set(tensors) == set(host)
+        for k in host:
+            assert np.array_equal(tensors[k], host[k]), (name, k)
 
 
 class FakeRank:

@@ -90,7 +90,8 @@ class SingleProcess:
 
 class MPIComm(SingleProcess):
     """The ranks of COMM_WORLD. Host (NumPy) arrays go through MPI; device arrays through NCCL when CuPy has
-    it, else through host copies and MPI (CuPy stand-ins, CuPy builds without NCCL)."""
+    it, else through host copies and MPI (CuPy builds without NCCL; the stand-in unless
+    GPT2_STANDIN_NCCL=1 gives it its NCCL over MPI)."""
 
     def __init__(self, mpi_comm=None):
         try:
@@ -121,11 +122,15 @@ class MPIComm(SingleProcess):
         self._nccl_module = nccl
         return nccl.NcclCommunicator(self.size, uid, self.rank)
 
-    def _nccl_type(self, dtype):
+    def _nccl_type(self, dtype, summed: bool):
+        """NCCL's datatype for a buffer of `dtype`, and how many of it one element is: float32 itself; anything
+        else, moved but never summed (bf16 weights), as bytes."""
         nccl = self._nccl_module
         if dtype == np.float32:
             return nccl.NCCL_FLOAT32, 1
-        return nccl.NCCL_UINT8, np.dtype(dtype).itemsize   # (only moved, never summed: bf16 parameters)
+        if summed:
+            raise TypeError(f"the collectives sum float32 buffers only (gradients), got {np.dtype(dtype)}")
+        return nccl.NCCL_UINT8, np.dtype(dtype).itemsize
 
     def _on_device(self, buf) -> bool:
         return not isinstance(buf, np.ndarray)
@@ -145,7 +150,7 @@ class MPIComm(SingleProcess):
         if self.size == 1:
             return buf
         if self._on_device(buf) and self.nccl:
-            kind, _ = self._nccl_type(buf.dtype)
+            kind, _ = self._nccl_type(buf.dtype, summed=True)
             self.nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size, kind, self._nccl_module.NCCL_SUM,
                                 device.xp.cuda.get_current_stream().ptr)
             return buf
@@ -162,7 +167,7 @@ class MPIComm(SingleProcess):
         _check_padded(buf, shards)
         mine = buf[shards(self.rank)]
         if self._on_device(buf) and self.nccl:
-            kind, _ = self._nccl_type(buf.dtype)
+            kind, _ = self._nccl_type(buf.dtype, summed=True)
             out = device.xp.empty_like(mine)
             self.nccl.reduceScatter(buf.data.ptr, out.data.ptr, shards.length, kind, self._nccl_module.NCCL_SUM,
                                     device.xp.cuda.get_current_stream().ptr)
@@ -180,7 +185,7 @@ class MPIComm(SingleProcess):
             return buf
         _check_padded(buf, shards)
         if self._on_device(buf) and self.nccl:
-            kind, per = self._nccl_type(buf.dtype)
+            kind, per = self._nccl_type(buf.dtype, summed=False)
             mine = buf[shards(self.rank)].copy()
             self.nccl.allGather(mine.data.ptr, buf.data.ptr, shards.length * per, kind,
                                 device.xp.cuda.get_current_stream().ptr)
