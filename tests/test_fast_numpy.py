@@ -14,6 +14,7 @@ def threads(request, monkeypatch):
     monkeypatch.setattr(fast_numpy, "THREADS", request.param)
     monkeypatch.setattr(fast_numpy, "_pool", ThreadPoolExecutor(request.param) if request.param > 1 else None)
     monkeypatch.setattr(fast_numpy, "MIN_PARALLEL", 1)
+    monkeypatch.setattr(fast_numpy, "MIN_SPLIT", 1)     # (the products too are split however small)
 
 
 def test_matmul(threads):
@@ -58,6 +59,94 @@ def test_adamw(threads):
         adamw_ops.adamw_update(ref[0], g.astype(np.float64), ref[1], ref[2], t, 1e-2, 0.9, 0.95, 1e-8, 0.1, 0.5)
     for got, want in zip((p, m, v), ref):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_wheel_blas_accumulates_in_place():
+    """PyPI's NumPy (what pip install -e . installs) bundles OpenBLAS; its cblas_sgemm must be found, or
+    matmul_backward silently takes the slower path."""
+    assert fast_numpy._SGEMM is not None and fast_numpy._BLAS
+
+
+@pytest.mark.parametrize("path", ["sgemm", "scratch blocks of 3 rows", "scratch blocks of 4096 rows"])
+def test_matmul_backward_accumulates_what_the_reference_does(threads, path, monkeypatch):
+    """dx, dweight: each element a dot product over the rows (or channels) plus what was there, within twice
+    the matmul's rounding bound of the reference's (both are within it of the exact sum; cblas_sgemm adds the
+    products to what was there in its own order, a block of rows may be summed otherwise). dbias: the
+    reference's own sum, bit for bit. The scratch path (for a BLAS other than OpenBLAS) adds the same
+    product as the reference: dx bit for bit."""
+    if path == "sgemm":
+        assert fast_numpy._SGEMM is not None
+    else:
+        monkeypatch.setattr(fast_numpy, "_SGEMM", None)
+        monkeypatch.setattr(fast_numpy, "DW_BLOCK_ROWS", int(path.split()[-2]))
+    x, w, dout = (rng.standard_normal(s).astype(np.float32) for s in [(3, 37, 48), (20, 48), (3, 37, 20)])
+    start = [rng.standard_normal(s).astype(np.float32) for s in [(3, 37, 48), (20, 48), (20,)]]
+    got, ref = [a.copy() for a in start], [a.copy() for a in start]
+    fast_numpy.matmul_backward(*got, dout, x, w)
+    matmul_ops.matmul_backward(*ref, dout, x, w)
+    assert np.array_equal(got[2], ref[2])
+    dx_terms = np.abs(dout) @ np.abs(w) + np.abs(start[0])
+    dw_terms = np.abs(dout.reshape(-1, 20)).T @ np.abs(x.reshape(-1, 48)) + np.abs(start[1])
+    assert np.abs(got[0] - ref[0]).max() <= 2 * matmul_ops.rounding_bound(dx_terms, 20 + 1)
+    assert np.abs(got[1] - ref[1]).max() <= 2 * matmul_ops.rounding_bound(dw_terms, 3 * 37 + 1)
+    if path != "sgemm":
+        assert np.array_equal(got[0], ref[0])
+
+
+@pytest.mark.parametrize("layout", ["plain", "a transposed", "b transposed", "c a block of columns", "strided a"])
+def test_gemm_accumulate_reads_every_layout(threads, layout):
+    """c += a @ b through cblas_sgemm for the views the model passes (transposed, a block of a wider c) and
+    for one it cannot pass as is (copied first); split over the threads (MIN_SPLIT is 1 here)."""
+    M, K, N = 33, 70, 45
+    a, b = rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((K, N)).astype(np.float32)
+    wide = rng.standard_normal((M, N + 10)).astype(np.float32)
+    c = wide[:, 5:5 + N] if layout == "c a block of columns" else wide[:, :N].copy()
+    if layout == "a transposed":
+        a = np.ascontiguousarray(a.T).T
+    if layout == "b transposed":
+        b = np.ascontiguousarray(b.T).T
+    if layout == "strided a":
+        a = np.repeat(a, 2, axis=1)[:, ::2]
+    want = c + a @ b
+    before = wide.copy()
+    fast_numpy.gemm_accumulate(c, a, b)
+    bound = 2 * matmul_ops.rounding_bound(np.abs(a) @ np.abs(b) + np.abs(want), K + 1)
+    assert np.abs(c - want).max() <= bound
+    if layout == "c a block of columns":   # the columns around the block are untouched
+        assert np.array_equal(wide[:, :5], before[:, :5]) and np.array_equal(wide[:, 5 + N:], before[:, 5 + N:])
+
+
+def test_product_splits_over_the_threads_and_restores_the_blas_threads(threads):
+    a, b = rng.standard_normal((40, 30)).astype(np.float32), rng.standard_normal((30, 50)).astype(np.float32)
+    before = [lib.num_threads for lib in fast_numpy._BLAS]
+    for shape_a, shape_b in ((a, b), (b.T.copy(), a.T.copy())):   # rows, then columns, split
+        out = np.full((shape_a.shape[0], shape_b.shape[1]), np.nan, np.float32)
+        fast_numpy.product(out, shape_a, shape_b)
+        assert np.abs(out - shape_a @ shape_b).max() <= 2 * matmul_ops.rounding_bound(
+            np.abs(shape_a) @ np.abs(shape_b), 30)
+    assert [lib.num_threads for lib in fast_numpy._BLAS] == before
+
+
+def test_residual_forward():
+    a, b = rng.standard_normal((2, 3, 5, 8)).astype(np.float32)
+    out = np.full_like(a, np.nan)
+    fast_numpy.residual_forward(out, a, b)
+    assert np.array_equal(out, a + b)
+
+
+def test_adamw_blocks_do_not_change_the_bits(threads, monkeypatch):
+    start = [rng.standard_normal(1001).astype(np.float32) for _ in range(3)]
+    start[2] = np.abs(start[2])
+    g = rng.standard_normal(1001).astype(np.float32)
+    results = []
+    for block in (7, 64, 1 << 16):
+        monkeypatch.setattr(fast_numpy, "ADAMW_BLOCK", block)
+        p, m, v = (a.copy() for a in start)
+        for t in (1, 2):
+            fast_numpy.adamw(p, g, m, v, t, 1e-2, 0.9, 0.95, 1e-8, 0.1, 0.5)
+        results.append((p, m, v))
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
 
 
 def test_norm_squared():

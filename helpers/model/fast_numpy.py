@@ -5,9 +5,15 @@ temporaries, and spread over the CPU cores in row chunks (NumPy releases the GIL
 For the default training config (GPT-2 vocabulary, B*T = 768 rows) the classifier alone touches
 768 x 50304 floats, 155 MB, several times per step: that is where a careless NumPy version spends
 its time and memory.
+
+One thread plan: THREADS threads of our own share out the elementwise ops and the matrix products
+alike, each product block a single-threaded BLAS call (_over_the_cores), so the BLAS's threads never
+compete with ours for the cores. The memory-bound ops (AdamW, the classifier, the norm) go block by
+block through the cache.
 """
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -53,11 +59,164 @@ def in_row_chunks(fn, n_rows: int, size: int):
         f.result()
 
 
+_scratch_buffers: dict[str, np.ndarray] = {}
+
+
+def scratch(name: str, n: int) -> np.ndarray:
+    """n float32 elements of the buffer `name`, kept between calls: a fresh temporary of a large array
+    costs a page fault per 4 KiB every time (NumPy hands large blocks back to the OS when they are freed)."""
+    buf = _scratch_buffers.get(name)
+    if buf is None or buf.size < n:
+        buf = _scratch_buffers[name] = np.empty(n, np.float32)
+    return buf[:n]
+
+
+def add_into(dst, src):
+    """dst += src (2-D, the same shape), over the cores."""
+    def rows(lo, hi):
+        dst[lo:hi] += src[lo:hi]
+    in_row_chunks(rows, dst.shape[0], dst.size)
+
+
+def _blas_controllers():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:   # (a dependency; without it the BLAS keeps its own threads)
+        return []
+    return ThreadpoolController().select(user_api="blas").lib_controllers
+
+
+#: NumPy's BLAS, whose threads product() sets to one while ours share out a product
+_BLAS = _blas_controllers()
+MIN_SPLIT = 1 << 21   # multiply-adds below which a product is one BLAS call
+
+
+def _over_the_cores(one, c, a, b):
+    """one(c, a, b), a product c = a @ b (or c += a @ b), over the cores by our threads: each takes a block of
+    c's rows (or of its columns, whichever dimension is longer) with a single-threaded BLAS call. One thread
+    plan for the whole step: the BLAS's own threads, left on, keep spinning for a while after each product
+    and take the cores from the elementwise ops that follow (the classifier ran at half speed after its
+    matmul)."""
+    M, K = a.shape
+    N = b.shape[1]
+    if _pool is None or not _BLAS or M * K * N < MIN_SPLIT:
+        one(c, a, b)
+        return
+    before = [lib.num_threads for lib in _BLAS]
+    for lib in _BLAS:
+        lib.set_num_threads(1)
+    try:
+        if M >= N:
+            in_row_chunks(lambda lo, hi: one(c[lo:hi], a[lo:hi], b), M, M * N)
+        else:
+            in_row_chunks(lambda lo, hi: one(c[:, lo:hi], a, b[:, lo:hi]), N, M * N)
+    finally:
+        for lib, n in zip(_BLAS, before):
+            lib.set_num_threads(n)
+
+
+def product(out, a, b):
+    """out = a @ b (2-D), over the cores (_over_the_cores)."""
+    _over_the_cores(lambda c, a, b: np.matmul(a, b, out=c), out, a, b)
+
+
+def _find_sgemm():
+    """cblas_sgemm of NumPy's own BLAS, through ctypes: it accumulates (C = A B + C), which np.matmul cannot.
+    PyPI's NumPy wheels bundle OpenBLAS as scipy-openblas, whose symbols say their integer width; None for
+    any other BLAS (then matmul_backward makes each product in scratch and adds it)."""
+    import ctypes
+    for lib in _BLAS:
+        if lib.internal_api != "openblas":
+            continue
+        for name, int_t in (("scipy_cblas_sgemm64_", ctypes.c_int64), ("scipy_cblas_sgemm", ctypes.c_int32)):
+            fn = getattr(ctypes.CDLL(lib.filepath), name, None)
+            if fn is not None:
+                fn.restype = None
+                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, int_t, int_t, int_t, ctypes.c_float,
+                               ctypes.c_void_p, int_t, ctypes.c_void_p, int_t, ctypes.c_float, ctypes.c_void_p, int_t]
+                return fn
+    return None
+
+
+_SGEMM = _find_sgemm()
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112   # cblas.h's CblasRowMajor, CblasNoTrans, CblasTrans
+
+
+def _blas_layout(a):
+    """(transpose flag, leading dimension) of a float32 2-D array for a row-major cblas call, or None if its
+    strides fit neither form (it is then copied)."""
+    rows, cols = a.shape
+    s0, s1 = a.strides
+    if s1 == 4 and s0 % 4 == 0 and s0 // 4 >= max(1, cols):
+        return _NO_TRANS, s0 // 4
+    if s0 == 4 and s1 % 4 == 0 and s1 // 4 >= max(1, rows):
+        return _TRANS, s1 // 4
+    return None
+
+
+def gemm_accumulate(c, a, b):
+    """c += a @ b in place (float32, 2-D; a and b may be transposed views), by cblas_sgemm with beta = 1:
+    no temporary, no second pass over c. Over the cores (_over_the_cores)."""
+    def one(c, a, b):
+        la, lb = _blas_layout(a), _blas_layout(b)
+        if la is None:
+            a = np.ascontiguousarray(a)
+            la = (_NO_TRANS, a.shape[1])
+        if lb is None:
+            b = np.ascontiguousarray(b)
+            lb = (_NO_TRANS, b.shape[1])
+        M, K = a.shape
+        N = b.shape[1]
+        if M and N:
+            _SGEMM(_ROW_MAJOR, la[0], lb[0], M, N, K, 1.0, a.ctypes.data, la[1], b.ctypes.data, lb[1], 1.0,
+                   c.ctypes.data, c.strides[0] // 4)
+    if c.strides[1] != 4 or c.dtype != np.float32 or a.dtype != np.float32 or b.dtype != np.float32:
+        raise ValueError("gemm_accumulate takes float32 arrays and a c whose rows are contiguous")
+    _over_the_cores(one, c, a, b)
+
+
 def matmul_forward(out, x, weight, bias):
-    """out = x @ weight^T + bias, written into out (BLAS uses every core by itself)."""
-    np.matmul(x, weight.T, out=out)
+    """out = x @ weight^T + bias, written into out: one BLAS product of all the rows (N, C) @ (C, OC), which
+    uses every core by itself (NumPy would make one product per leading index of a 3-D x: at B=4, T=64,
+    C=768, four 64-row products run at half the speed of one of 256 rows)."""
+    OC, C = weight.shape
+    out2 = out.reshape(-1, OC)
+    product(out2, x.reshape(-1, C), weight.T)
     if bias is not None:
-        out += bias
+        out2 += bias
+
+
+#: rows of dweight per product in matmul_backward: the classifier's (50304, 768) gradient is added in
+#: blocks of 4096 rows (12 MiB of scratch) instead of through a 154 MiB temporary
+DW_BLOCK_ROWS = 4096
+
+
+def matmul_backward(dx, dweight, dbias, dout, x, weight):
+    """The reference's accumulation: dx += dout @ weight, dweight += dout^T @ x, dbias += the column sums of
+    dout. With NumPy's OpenBLAS, cblas_sgemm accumulates in place (gemm_accumulate); with another BLAS each
+    product is made into scratch kept between calls and added in place over the cores, dweight's in blocks of
+    DW_BLOCK_ROWS rows."""
+    OC, C = weight.shape
+    d2, x2 = dout.reshape(-1, OC), x.reshape(-1, C)
+    N = d2.shape[0]
+    if dbias is not None:
+        dbias += d2.sum(axis=0)
+    if _SGEMM is not None:   # the BLAS accumulates into dx and dweight itself
+        gemm_accumulate(dx.reshape(N, C), d2, weight)
+        gemm_accumulate(dweight, d2.T, x2)
+        return
+    partial = scratch("matmul dx", N * C).reshape(N, C)
+    product(partial, d2, weight)
+    add_into(dx.reshape(N, C), partial)
+    for lo in range(0, OC, DW_BLOCK_ROWS):
+        hi = min(OC, lo + DW_BLOCK_ROWS)
+        partial = scratch("matmul dweight", (hi - lo) * C).reshape(hi - lo, C)
+        product(partial, d2[:, lo:hi].T, x2)
+        add_into(dweight[lo:hi], partial)
+
+
+def residual_forward(out, a, b):
+    np.add(a, b, out=out)
 
 
 def _tanh(u, out):
@@ -116,77 +275,94 @@ def gelu_backward(dx, dout, x):
     in_row_chunks(rows, xf.shape[0], xf.size)
 
 
+#: rows of the classifier done together: 4 rows of GPT-2's 50304 columns are 0.8 MiB, so the five passes
+#: over them read the cache, not memory
+CLASSIFIER_BLOCK_ROWS = 4
+
+
 def classifier(losses, dlogits, logits, targets, V, dloss):
     """The fused classifier of notebook 06 in NumPy: softmax over the first V columns, the loss, and
-    dlogits = (probs - onehot) * dloss written into dlogits (no probability array is ever made)."""
+    dlogits = (probs - onehot) * dloss written into dlogits (no probability array is ever made). Each
+    core takes a share of the rows, a few rows at a time."""
     Vp = logits.shape[-1]
     lf, df = logits.reshape(-1, Vp), dlogits.reshape(-1, Vp)
     tf, loss_f = targets.reshape(-1), losses.reshape(-1)
+    scale = np.float32(dloss)
 
-    def rows(lo, hi):                   # five passes over the rows: max, subtract, exp, sum, scale
-        d = df[lo:hi]
-        m = lf[lo:hi, :V].max(axis=1, keepdims=True)
-        np.subtract(lf[lo:hi], m, out=d)
-        d[:, V:] = -np.inf               # the padded columns take no part (exp(-inf) = 0)
-        np.exp(d, out=d)
-        s = d.sum(axis=1, keepdims=True)  # (NumPy sums pairwise: float32 is accurate enough here)
-        r = np.arange(lo, hi)
-        loss_f[lo:hi] = np.log(s[:, 0]) - (lf[r, tf[lo:hi]] - m[:, 0])   # -log softmax at the target
-        d *= np.float32(dloss) / s
-        d[r - lo, tf[lo:hi]] -= np.float32(dloss)
+    def rows(lo, hi):
+        for a in range(lo, hi, CLASSIFIER_BLOCK_ROWS):   # five passes over the block: max, subtract, exp, sum, scale
+            b = min(hi, a + CLASSIFIER_BLOCK_ROWS)
+            d = df[a:b]
+            m = lf[a:b, :V].max(axis=1, keepdims=True)
+            np.subtract(lf[a:b], m, out=d)
+            d[:, V:] = -np.inf               # the padded columns take no part (exp(-inf) = 0)
+            np.exp(d, out=d)
+            s = d.sum(axis=1, keepdims=True)  # (NumPy sums pairwise: float32 is accurate enough here)
+            r = np.arange(a, b)
+            loss_f[a:b] = np.log(s[:, 0]) - (lf[r, tf[a:b]] - m[:, 0])   # -log softmax at the target
+            d *= scale / s
+            d[r - a, tf[a:b]] -= scale
     in_row_chunks(rows, lf.shape[0], lf.size)
 
 
-_adamw_scratch = [np.empty((2, 0), np.float32)]
-
-
-def _scratch(n: int) -> np.ndarray:
-    """Two float32 rows of at least n, kept between steps: a fresh temporary of a large tensor costs a page
-    fault per 4 KiB every step (and NumPy gives large blocks back to the OS when they are freed)."""
-    if _adamw_scratch[0].shape[1] < n:
-        _adamw_scratch[0] = np.empty((2, n), np.float32)
-    return _adamw_scratch[0]
+#: elements of a block of AdamW: its arrays' blocks stay in cache through the update's dozen passes. The
+#: fastest of 2^14 .. 2^18 on the 2-core test machine (smaller blocks pay NumPy's per-call cost more often,
+#: larger ones fall out of cache): 239 ms at 124M parameters against 281 for 2^16 and 602 for 2^14
+ADAMW_BLOCK = 1 << 17
 
 
 def adamw(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, grad_scale):
-    """AdamW in place (the reference's math), chunked over the cores, in a scratch buffer kept between
-    steps (the same operations in the same order as with temporaries: the same bits)."""
+    """AdamW in place (the reference's math), chunked over the cores and, within a chunk, done block by block
+    in two small scratch rows (every element goes through the same operations in the same order whatever
+    the blocks: the same bits; no temporary the size of a tensor, no page faults)."""
     c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
     n = param.size
-    scratch = _scratch(n)
 
     def chunk(lo, hi):
-        p, gr, mm, vv = param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi]
-        g, h = scratch[0, lo:hi], scratch[1, lo:hi]
-        np.multiply(gr, np.float32(grad_scale), out=g)
-        mm *= np.float32(beta1)
-        np.multiply(g, np.float32(1 - beta1), out=h)
-        mm += h
-        g *= g
-        vv *= np.float32(beta2)
-        np.multiply(g, np.float32(1 - beta2), out=h)
-        vv += h
-        np.divide(vv, np.float32(c2), out=g)
-        np.sqrt(g, out=g)
-        g += np.float32(eps)                          # sqrt(v_hat) + eps
-        np.divide(mm, g, out=g)
-        g *= np.float32(1 / c1)                       # m_hat / (sqrt(v_hat) + eps)
-        if weight_decay:
-            np.multiply(p, np.float32(weight_decay), out=h)
-            g += h
-        g *= np.float32(lr)
-        p -= g
+        scratch = np.empty((2, min(ADAMW_BLOCK, hi - lo)), np.float32)
+        for a in range(lo, hi, ADAMW_BLOCK):
+            b = min(hi, a + ADAMW_BLOCK)
+            p, gr, mm, vv = param[a:b], grad[a:b], m[a:b], v[a:b]
+            g, h = scratch[0, :b - a], scratch[1, :b - a]
+            np.multiply(gr, np.float32(grad_scale), out=g)
+            mm *= np.float32(beta1)
+            np.multiply(g, np.float32(1 - beta1), out=h)
+            mm += h
+            g *= g
+            vv *= np.float32(beta2)
+            np.multiply(g, np.float32(1 - beta2), out=h)
+            vv += h
+            np.divide(vv, np.float32(c2), out=g)
+            np.sqrt(g, out=g)
+            g += np.float32(eps)                          # sqrt(v_hat) + eps
+            np.divide(mm, g, out=g)
+            g *= np.float32(1 / c1)                       # m_hat / (sqrt(v_hat) + eps)
+            if weight_decay:
+                np.multiply(p, np.float32(weight_decay), out=h)
+                g += h
+            g *= np.float32(lr)
+            p -= g
     in_row_chunks(chunk, n, n)
 
 
-def norm_squared(flat) -> float:
-    """sum(flat^2), accumulated in float64 chunk by chunk (no float64 copy of the whole buffer)."""
-    parts = []
+#: elements of a block of norm_squared (its float64 squares, 512 KiB, stay in cache)
+NORM_BLOCK = 1 << 16
 
-    def chunk(lo, hi):
-        c = flat[lo:hi]
-        parts.append(float(np.dot(c.astype(np.float64), c.astype(np.float64))))
-    step = 1 << 20
-    for lo in range(0, flat.size, step):
-        chunk(lo, min(flat.size, lo + step))
-    return float(sum(parts))
+
+def norm_squared(flat) -> float:
+    """sum(flat^2): each block's squares made exactly in float64 and summed pairwise, the blocks' sums added
+    with math.fsum (correctly rounded, so the result does not depend on how the blocks are shared among the
+    cores), over the cores, with no float64 copy of the whole buffer."""
+    n = flat.size
+    parts = np.zeros(-(-n // NORM_BLOCK))
+
+    def blocks(lo, hi):
+        squares = np.empty(min(NORM_BLOCK, n), np.float64)
+        for i in range(lo, hi):
+            block = flat[i * NORM_BLOCK:(i + 1) * NORM_BLOCK]
+            sq = squares[:block.size]
+            sq[...] = block
+            sq *= sq                      # exact: a 24-bit by 24-bit product fits in float64's 53 bits
+            parts[i] = sq.sum()
+    in_row_chunks(blocks, parts.size, n)
+    return math.fsum(parts)

@@ -74,7 +74,8 @@ class DataParallel:
         of a buffer depends on where the buffer is cut)."""
         if self.comm.size == 1:
             return self.model.grad_norm()
-        grads, shards = self.model.grads.memory, self.shards or Shards(self.model.grads.memory.size, self.comm.size)
+        shards = self.shards or Shards(self.model.grads.memory.size, self.comm.size)
+        grads = self.model.grads.memory[:shards.numel]   # (without ZeRO-1's padding: the same elements either way)
 
         def squared(rank):
             part = grads[shards(rank)]
