@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from helpers.model import fast_numpy
-from helpers.ops import adamw as adamw_ops, classifier as classifier_ops, gelu as gelu_ops, matmul as matmul_ops
+from helpers.ops import adamw as adamw_ops, attention as attention_ops, classifier as classifier_ops, gelu as gelu_ops
+from helpers.ops import layernorm as layernorm_ops, matmul as matmul_ops
 
 rng = np.random.default_rng(0)
 
@@ -147,6 +148,45 @@ def test_adamw_blocks_do_not_change_the_bits(threads, monkeypatch):
         results.append((p, m, v))
     for other in results[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_attention_one_sequence_at_a_time_is_the_reference(threads):
+    """The forward and the backward run the reference on each sequence: the same numbers (each sequence's
+    products are BLAS calls on the same matrices), bit for bit on this BLAS; accumulated onto dqkv."""
+    B, T, C, NH = 5, 9, 24, 3
+    qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
+    dout = rng.standard_normal((B, T, C)).astype(np.float32)
+    out, att = np.full((B, T, C), np.nan, np.float32), np.full((B, NH, T, T), np.nan, np.float32)
+    fast_numpy.attention_forward(out, att, qkv, NH)
+    ref_out, ref_att = attention_ops.attention_forward(qkv, NH)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(att, ref_att)
+    start = rng.standard_normal(qkv.shape).astype(np.float32)
+    got, ref = start.copy(), start.copy()
+    fast_numpy.attention_backward(got, dout, qkv, att, NH)
+    attention_ops.attention_backward(ref, dout, qkv, None, NH, att=ref_att)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_layernorm_over_the_cores(threads):
+    """Forward: every row as the reference computes it, bit for bit. Backward: dx bit for bit (row by row);
+    dweight and dbias sum the rows' terms in shares, within the rounding bound of n = rows + 1 terms."""
+    x = rng.standard_normal((4, 7, 40)).astype(np.float32) * 3 + 1
+    w, b = (rng.standard_normal(40).astype(np.float32) for _ in range(2))
+    out, mean, rstd = np.empty_like(x), np.empty((4, 7), np.float32), np.empty((4, 7), np.float32)
+    fast_numpy.layernorm_forward(out, mean, rstd, x, w, b)
+    for got, want in zip((out, mean, rstd), layernorm_ops.layernorm_forward(x, w, b)):
+        np.testing.assert_array_equal(got, want)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    start = [rng.standard_normal(s).astype(np.float32) for s in (x.shape, (40,), (40,))]
+    got, ref = [a.copy() for a in start], [a.copy() for a in start]
+    fast_numpy.layernorm_backward(*got, dout, x, w, mean, rstd)
+    layernorm_ops.layernorm_backward(*ref, dout, x, w, mean, rstd)
+    np.testing.assert_array_equal(got[0], ref[0])
+    xhat = np.abs((x - mean[..., None]) * rstd[..., None]).reshape(-1, 40)
+    for k, terms in ((1, np.abs(dout).reshape(-1, 40) * xhat), (2, np.abs(dout).reshape(-1, 40))):
+        bound = 2 * matmul_ops.rounding_bound(terms.sum(axis=0) + np.abs(start[k]), 28 + 1)
+        assert np.abs(got[k] - ref[k]).max() <= bound
 
 
 def test_norm_squared():

@@ -332,9 +332,10 @@ def test_zero1_memory_plan_shows_the_saving(bf16_gpu):
     one, two = bf16.memory_plan(2, 16), bf16.memory_plan(2, 16, optimizer_shards=2)
     assert "master weights (1/2: ZeRO-1)" in two
     assert abs(mib(two, "master weights") - mib(one, "master weights") / 2) < 0.1
+    # (every figure is printed to 0.1 MiB, so within 0.05 of its value: a difference of two within 0.1)
     saved = mib(one, "total") - mib(two, "total")
-    assert abs(mib(two, "saved by ZeRO-1") - saved) < 0.1
-    assert abs(saved - 3 * (mib(one, "AdamW m") - mib(two, "AdamW m"))) < 0.1
+    assert abs(mib(two, "saved by ZeRO-1") - saved) <= 0.15 + 1e-9
+    assert abs(mib(two, "saved by ZeRO-1") - 3 * (mib(one, "AdamW m") - mib(two, "AdamW m"))) <= 0.35 + 1e-9
 
 
 def test_resume_on_another_number_of_ranks(tmp_path):

@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
+from ..ops import attention as attention_ops, layernorm as layernorm_ops
 from ..runtime.comm import local_size
 
 #: threads of the row chunks: GPT2_NUMPY_THREADS, else the cores, shared by the ranks of an MPI run on this machine
@@ -91,6 +93,19 @@ _BLAS = _blas_controllers()
 MIN_SPLIT = 1 << 21   # multiply-adds below which a product is one BLAS call
 
 
+@contextmanager
+def _blas_on_one_thread():
+    """The BLAS single-threaded inside: our threads call it side by side."""
+    before = [lib.num_threads for lib in _BLAS]
+    for lib in _BLAS:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_BLAS, before):
+            lib.set_num_threads(n)
+
+
 def _over_the_cores(one, c, a, b):
     """one(c, a, b), a product c = a @ b (or c += a @ b), over the cores by our threads: each takes a block of
     c's rows (or of its columns, whichever dimension is longer) with a single-threaded BLAS call. One thread
@@ -102,17 +117,11 @@ def _over_the_cores(one, c, a, b):
     if _pool is None or not _BLAS or M * K * N < MIN_SPLIT:
         one(c, a, b)
         return
-    before = [lib.num_threads for lib in _BLAS]
-    for lib in _BLAS:
-        lib.set_num_threads(1)
-    try:
+    with _blas_on_one_thread():
         if M >= N:
             in_row_chunks(lambda lo, hi: one(c[lo:hi], a[lo:hi], b), M, M * N)
         else:
             in_row_chunks(lambda lo, hi: one(c[:, lo:hi], a, b[:, lo:hi]), N, M * N)
-    finally:
-        for lib, n in zip(_BLAS, before):
-            lib.set_num_threads(n)
 
 
 def product(out, a, b):
@@ -366,3 +375,54 @@ def norm_squared(flat) -> float:
             parts[i] = sq.sum()
     in_row_chunks(blocks, parts.size, n)
     return math.fsum(parts)
+
+
+def attention_forward(out, att, qkv, n_head):
+    """The reference (helpers.ops.attention) one sequence at a time, the sequences shared out over the cores
+    with a single-threaded BLAS: the reference's math on each sequence, with temporaries of one sequence's
+    (NH, T, T) scores instead of the whole batch's (12.6 MB each at L4 C128, B=12, T=256)."""
+    def sequences(lo, hi):
+        for b in range(lo, hi):
+            o, p = attention_ops.attention_forward(qkv[b:b + 1], n_head)
+            out[b:b + 1], att[b:b + 1] = o, p
+    with _blas_on_one_thread():
+        in_row_chunks(sequences, qkv.shape[0], qkv.size)
+
+
+def attention_backward(dqkv, dout, qkv, att, n_head):
+    """The reference's backward one sequence at a time, over the cores, as attention_forward."""
+    def sequences(lo, hi):
+        for b in range(lo, hi):
+            attention_ops.attention_backward(dqkv[b:b + 1], dout[b:b + 1], qkv[b:b + 1], None, n_head,
+                                             att=att[b:b + 1])
+    with _blas_on_one_thread():
+        in_row_chunks(sequences, qkv.shape[0], qkv.size)
+
+
+def layernorm_forward(out, mean, rstd, x, weight, bias):
+    """The reference (helpers.ops.layernorm) on the cores' shares of the rows: each row's numbers as the
+    reference computes them."""
+    C = x.shape[-1]
+    xf, of, mf, rf = x.reshape(-1, C), out.reshape(-1, C), mean.reshape(-1), rstd.reshape(-1)
+
+    def rows(lo, hi):
+        of[lo:hi], mf[lo:hi], rf[lo:hi] = layernorm_ops.layernorm_forward(xf[lo:hi], weight, bias)
+    in_row_chunks(rows, xf.shape[0], xf.size)
+
+
+def layernorm_backward(dx, dweight, dbias, dout, x, weight, mean, rstd):
+    """The reference's backward on the cores' shares of the rows; each share's sums for dweight and dbias
+    are added in the order of the shares (the same result for the same number of threads)."""
+    C = x.shape[-1]
+    xf, df, gf = x.reshape(-1, C), dout.reshape(-1, C), dx.reshape(-1, C)
+    mf, rf = mean.reshape(-1), rstd.reshape(-1)
+    parts = {}
+
+    def rows(lo, hi):
+        pw, pb = np.zeros(C, dweight.dtype), np.zeros(C, dbias.dtype)
+        layernorm_ops.layernorm_backward(gf[lo:hi], pw, pb, df[lo:hi], xf[lo:hi], weight, mf[lo:hi], rf[lo:hi])
+        parts[lo] = pw, pb
+    in_row_chunks(rows, xf.shape[0], xf.size)
+    for lo in sorted(parts):
+        dweight += parts[lo][0]
+        dbias += parts[lo][1]

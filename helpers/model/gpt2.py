@@ -94,6 +94,17 @@ class GPT2(LanguageModel):
         loss = self._loss(targets)
         return A["logits"][..., :cfg.vocab_size], loss
 
+    #: activations whose gradients the backward needs for one layer at a time
+    LAYER_GRADIENTS = ("ln1", "qkv", "atty", "attproj", "residual2", "ln2", "fch", "fch_gelu", "fcproj")
+
+    def activation_gradient_shapes(self, shapes: dict[str, tuple]) -> dict[str, tuple]:
+        """One layer's worth (as llm.c's trainer): the backward goes layer by layer, and a layer's activation
+        gradients are needed only while it runs, so every layer reuses the same buffers. The residual
+        stream's gradient passes from layer to layer through two buffers, "residual3" [0] and [1], in turn
+        (layer l reads [l % 2] and writes [(l - 1) % 2]); layer 0 writes "encoded"'s."""
+        one = {k: shapes[k][1:] for k in self.LAYER_GRADIENTS}
+        return {"encoded": shapes["encoded"], **one, "residual3": (2,) + shapes["residual3"][1:], "lnf": shapes["lnf"]}
+
     def _att(self, buf, l):
         return {"att": buf["att"][l]} if "att" in buf.views else {"lse": buf["lse"][l]}
 
@@ -104,24 +115,29 @@ class GPT2(LanguageModel):
         cfg, ops, A, P = self.config, self.ops, self.acts, self.params
         NH, L = cfg.n_head, cfg.n_layer
         ops.matmul_backward(D["lnf"], G["wte"], None, A["dlogits"], A["lnf"], P["wte"])
-        residual, dresidual = A["residual3"][L - 1], D["residual3"][L - 1]
-        ops.layernorm_backward(dresidual, G["lnfw"], G["lnfb"], D["lnf"], residual, P["lnfw"], A["lnf_mean"], A["lnf_rstd"])
+        dres = D["residual3"]   # the residual stream's gradient, two buffers in turn (activation_gradient_shapes)
+        ops.layernorm_backward(dres[(L - 1) % 2], G["lnfw"], G["lnfb"], D["lnf"], A["residual3"][L - 1], P["lnfw"],
+                               A["lnf_mean"], A["lnf_rstd"])
         for l in reversed(range(L)):
             residual = A["encoded"] if l == 0 else A["residual3"][l - 1]
-            dresidual = D["encoded"] if l == 0 else D["residual3"][l - 1]
-            ops.residual_backward(D["residual2"][l], D["fcproj"][l], D["residual3"][l])
-            ops.matmul_backward(D["fch_gelu"][l], G["fcprojw"][l], G["fcprojb"][l], D["fcproj"][l], A["fch_gelu"][l],
+            dresidual = D["encoded"] if l == 0 else dres[(l - 1) % 2]
+            if l < L - 1:   # the buffers the layer above used: zero again, as every op accumulates into them
+                for k in self.LAYER_GRADIENTS:
+                    D[k][...] = 0
+                dresidual[...] = 0
+            ops.residual_backward(D["residual2"], D["fcproj"], dres[l % 2])
+            ops.matmul_backward(D["fch_gelu"], G["fcprojw"][l], G["fcprojb"][l], D["fcproj"], A["fch_gelu"][l],
                                 P["fcprojw"][l])
-            ops.gelu_backward(D["fch"][l], D["fch_gelu"][l], A["fch"][l])
-            ops.matmul_backward(D["ln2"][l], G["fcw"][l], G["fcb"][l], D["fch"][l], A["ln2"][l], P["fcw"][l])
-            ops.layernorm_backward(D["residual2"][l], G["ln2w"][l], G["ln2b"][l], D["ln2"][l], A["residual2"][l],
+            ops.gelu_backward(D["fch"], D["fch_gelu"], A["fch"][l])
+            ops.matmul_backward(D["ln2"], G["fcw"][l], G["fcb"][l], D["fch"], A["ln2"][l], P["fcw"][l])
+            ops.layernorm_backward(D["residual2"], G["ln2w"][l], G["ln2b"][l], D["ln2"], A["residual2"][l],
                                    P["ln2w"][l], A["ln2_mean"][l], A["ln2_rstd"][l])
-            ops.residual_backward(dresidual, D["attproj"][l], D["residual2"][l])
-            ops.matmul_backward(D["atty"][l], G["attprojw"][l], G["attprojb"][l], D["attproj"][l], A["atty"][l],
+            ops.residual_backward(dresidual, D["attproj"], D["residual2"])
+            ops.matmul_backward(D["atty"], G["attprojw"][l], G["attprojb"][l], D["attproj"], A["atty"][l],
                                 P["attprojw"][l])
-            ops.attention_backward(D["qkv"][l], D["atty"][l], A["qkv"][l], A["atty"][l], NH, **self._att(A, l))
-            ops.matmul_backward(D["ln1"][l], G["qkvw"][l], G["qkvb"][l], D["qkv"][l], A["ln1"][l], P["qkvw"][l])
-            ops.layernorm_backward(dresidual, G["ln1w"][l], G["ln1b"][l], D["ln1"][l], residual, P["ln1w"][l],
+            ops.attention_backward(D["qkv"], D["atty"], A["qkv"][l], A["atty"][l], NH, **self._att(A, l))
+            ops.matmul_backward(D["ln1"], G["qkvw"][l], G["qkvb"][l], D["qkv"], A["ln1"][l], P["qkvw"][l])
+            ops.layernorm_backward(dresidual, G["ln1w"][l], G["ln1b"][l], D["ln1"], residual, P["ln1w"][l],
                                    A["ln1_mean"][l], A["ln1_rstd"][l])
         ops.encoder_backward(G["wte"], G["wpe"], D["encoded"], self._idx, self._idx_host)
 
