@@ -137,8 +137,9 @@ def _find_sgemm():
     for lib in _BLAS:
         if lib.internal_api != "openblas":
             continue
+        blas = ctypes.CDLL(lib.filepath)
         for name, int_t in (("scipy_cblas_sgemm64_", ctypes.c_int64), ("scipy_cblas_sgemm", ctypes.c_int32)):
-            fn = getattr(ctypes.CDLL(lib.filepath), name, None)
+            fn = getattr(blas, name, None)
             if fn is not None:
                 fn.restype = None
                 fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, int_t, int_t, int_t, ctypes.c_float,
@@ -185,9 +186,9 @@ def gemm_accumulate(c, a, b):
 
 
 def matmul_forward(out, x, weight, bias):
-    """out = x @ weight^T + bias, written into out: one BLAS product of all the rows (N, C) @ (C, OC), which
-    uses every core by itself (NumPy would make one product per leading index of a 3-D x: at B=4, T=64,
-    C=768, four 64-row products run at half the speed of one of 256 rows)."""
+    """out = x @ weight^T + bias, written into out: one product of all the rows (N, C) @ (C, OC), over the
+    cores (product()). NumPy would make one product per leading index of a 3-D x: at B=4, T=64, C=768,
+    four 64-row products run at half the speed of one of 256 rows."""
     OC, C = weight.shape
     out2 = out.reshape(-1, OC)
     product(out2, x.reshape(-1, C), weight.T)

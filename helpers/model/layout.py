@@ -153,10 +153,7 @@ class FlatBuffer:
         self.shapes = shapes
         self.dtypes = {k: np.dtype((dtypes or {}).get(k, dtype)) for k in shapes}
         self.sizes = {k: int(np.prod(s)) for k, s in shapes.items()}
-        self.offsets, offset = {}, 0           # in bytes
-        for k in shapes:
-            self.offsets[k] = offset
-            offset += -(-self.sizes[k] * self.dtypes[k].itemsize // align) * align
+        self.offsets, offset = self.pack({k: self.sizes[k] * self.dtypes[k].itemsize for k in shapes}, align)
         single = len(set(self.dtypes.values())) <= 1
         self.dtype = next(iter(self.dtypes.values()), np.dtype(dtype)) if single else None
         if single:   # one dtype: the memory is an array of it (a flat float32 buffer for the norms, AdamW...)
@@ -176,6 +173,16 @@ class FlatBuffer:
             self.views = {k: self.memory[o:o + self.sizes[k] * self.dtypes[k].itemsize].view(self.dtypes[k])
                           .reshape(shapes[k]) for k, o in self.offsets.items()}
         self._nbytes = offset
+
+    @staticmethod
+    def pack(nbytes: dict[str, int], align: int) -> tuple[dict[str, int], int]:
+        """The byte offsets of views of `nbytes` bytes each, one after the other, each at a multiple of
+        `align` bytes, and the bytes they take in all."""
+        offsets, offset = {}, 0
+        for k, n in nbytes.items():
+            offsets[k] = offset
+            offset += -(-n // align) * align
+        return offsets, offset
 
     def __getitem__(self, k):
         return self.views[k]

@@ -112,14 +112,14 @@ class ZeroAdamW(AdamW):
                              f"(model.pad_flat_buffers(shards.padded), which DataParallel(zero=True) calls)")
         # a shard must be the same elements of the weights as of the float32 gradients, m and v (bf16 weights:
         # pad_flat_buffers lays them out at the float32 offsets)
-        float32_offset, params, align = 0, model.params, FlatBuffer.ALIGN_BYTES // 4
-        for k in params.offsets:
-            at = params.offsets[k] // params.dtype.itemsize
-            if at != float32_offset:
+        params = model.params
+        float32, _ = FlatBuffer.pack({k: 4 * n for k, n in params.sizes.items()}, FlatBuffer.ALIGN_BYTES)
+        for k, offset in params.offsets.items():
+            at = offset // params.dtype.itemsize
+            if at != float32[k] // 4:
                 raise ValueError(f"ZeroAdamW: parameter {k} starts at element {at:,} of the weights but at "
-                                 f"{float32_offset:,} of the float32 buffers: call "
+                                 f"{float32[k] // 4:,} of the float32 buffers: call "
                                  f"model.pad_flat_buffers(shards.padded) first")
-            float32_offset += -(-params.sizes[k] // align) * align
         mine = shards(comm.rank)
         self.m = model.xp.zeros(shards.length, np.float32)
         self.v = model.xp.zeros(shards.length, np.float32)
