@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,10 @@ class RawModule:
         digest = hashlib.sha256((self.code + "\0".join(self.options + self.name_expressions)).encode()).hexdigest()
         path = cpu_backend.cache_dir() / "standin" / f"module-{digest[:24]}.cu"
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not path.is_file():
-            path.write_text(self.code)
+        if not path.is_file():   # written whole or not at all: ranks of an mpirun compile the same module at once
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(self.code)
+            os.replace(tmp, path)
         self._path = path
         # without NVIDIA's include folders (helpers.device passes them for NVRTC): the CPU backend has its own
         # cuda_fp16.h and cuda_bf16.h, which NVIDIA's, found first, would hide
