@@ -156,8 +156,8 @@ def test_interrupted_model_forwards_never_spoil_the_next_one():
         for run in range(15):
             handled.clear()
             timer = threading.Timer(rng.uniform(0.0, 0.05), lambda: os.kill(os.getpid(), signal.SIGINT))
-            timer.start()
             try:
+                timer.start()      # in the try: a loaded machine may fire it before start returns
                 cuda.forward(idx, idx)
                 timer.join()       # however late a loaded machine runs the timer, it interrupts in here:
                 for _ in range(1000):   # the handler of a signal may run a while after it was sent
