@@ -6,8 +6,9 @@ the backward and the optimizer apart, at the sizes of benchmarks/train_step.py.
 Each size runs in this process, one after the other: `--steps` steps (the first is not counted: it
 allocates the buffers), each op's time is the median over the counted steps of its total in a step. The
 model's ops are wrapped in a timer (one perf_counter pair per call: microseconds against ops of
-milliseconds); "outside the ops" is the step's time minus the ops' (the Python between them, zeroing the
-gradient buffers). Every number printed is measured in this run.
+milliseconds); "outside the ops" is the median of each step's time minus its ops' (the Python between them). The medians
+of the parts need not add up to the median step on a machine whose speed varies. Every number printed is
+measured in this run.
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def profile(size: str, steps: int) -> dict:
         opt.step(grad_scale=clip_coefficient(norm, 1.0))
         total = time.perf_counter() - t0
         if s:
-            per_step.append({**timed.times, ("step", "total"): total})
+            outside = total - sum(timed.times.values())   # per step: medians of the parts need not add up
+            per_step.append({**timed.times, ("step", "total"): total, ("-", "outside the ops"): outside})
     keys = set().union(*per_step)
     return {k: float(np.median([p.get(k, 0.0) for p in per_step])) for k in keys}
 
@@ -81,9 +83,8 @@ def profile(size: str, steps: int) -> dict:
 def table(size: str, times: dict, markdown: bool) -> str:
     L, H, C, B, T = SIZES[size]
     total = times[("step", "total")]
-    rows = sorted(((ph, op, t) for (ph, op), t in times.items() if ph != "step"), key=lambda r: -r[2])
-    inside = sum(t for _, _, t in rows)
-    rows.append(("-", "outside the ops", total - inside))
+    rows = sorted(((ph, op, t) for (ph, op), t in times.items() if ph not in ("step", "-")), key=lambda r: -r[2])
+    rows.append(("-", "outside the ops", times[("-", "outside the ops")]))
     head = (f"L{L} H{H} C{C}, B={B} T={T}: {1e3 * total:.0f} ms per step, {B * T / total:.0f} tokens/s "
             f"({os.cpu_count()} cores)")
     if markdown:

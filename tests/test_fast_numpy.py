@@ -1,4 +1,6 @@
 """The NumPy backend's fast ops compute what the readable references compute."""
+import math
+
 import numpy as np
 import pytest
 
@@ -50,14 +52,16 @@ def test_classifier(threads, V, Vp):
     assert not dlogits[..., V:].any()
 
 
-def test_adamw(threads):
+@pytest.mark.parametrize("grad_scale,weight_decay", [(0.5, 0.1), (1.0, 0.0)])
+def test_adamw(threads, grad_scale, weight_decay):
     p = rng.standard_normal(1001).astype(np.float32)
     g = rng.standard_normal(1001).astype(np.float32)
     m, v = np.zeros_like(p), np.zeros_like(p)
     ref = [a.astype(np.float64) for a in (p, m, v)]
     for t in (1, 2, 3):
-        fast_numpy.adamw(p, g, m, v, t, 1e-2, 0.9, 0.95, 1e-8, 0.1, 0.5)
-        adamw_ops.adamw_update(ref[0], g.astype(np.float64), ref[1], ref[2], t, 1e-2, 0.9, 0.95, 1e-8, 0.1, 0.5)
+        fast_numpy.adamw(p, g, m, v, t, 1e-2, 0.9, 0.95, 1e-8, weight_decay, grad_scale)
+        adamw_ops.adamw_update(ref[0], g.astype(np.float64), ref[1], ref[2], t, 1e-2, 0.9, 0.95, 1e-8,
+                               weight_decay, grad_scale)
     for got, want in zip((p, m, v), ref):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -189,9 +193,27 @@ def test_layernorm_over_the_cores(threads):
         assert np.abs(got[k] - ref[k]).max() <= bound
 
 
-def test_norm_squared():
+def test_norm_squared_within_its_rounding_bound(threads):
+    """Each block's float32 dot product of positive terms is within NORM_BLOCK unit roundoffs (plus one for
+    each square) of its exact sum, whatever order the BLAS adds in; the blocks' sums are added exactly."""
     flat = rng.standard_normal(3_000_001).astype(np.float32)
-    assert fast_numpy.norm_squared(flat) == pytest.approx(float(np.sum(flat.astype(np.float64) ** 2)), rel=1e-12)
+    exact = math.fsum((flat.astype(np.float64) ** 2).tolist())   # float64 squares of float32 are exact
+    bound = (fast_numpy.NORM_BLOCK + 1) * 2.0 ** -24 * exact
+    assert abs(fast_numpy.norm_squared(flat) - exact) <= bound
+
+
+def test_norm_squared_is_the_same_at_any_address_and_thread_count(monkeypatch):
+    """Ranks of a data-parallel run take the norm of the same values in buffers at different addresses:
+    the BLAS's dot must not round differently with the alignment, nor the result with the thread split."""
+    flat = rng.standard_normal(300_001).astype(np.float32)
+    got = set()
+    for offset in range(16):
+        moved = np.empty(flat.size + 16, np.float32)[offset:offset + flat.size]
+        moved[...] = flat
+        got.add(fast_numpy.norm_squared(moved))
+    monkeypatch.setattr(fast_numpy, "_pool", None)     # one thread
+    got.add(fast_numpy.norm_squared(flat))
+    assert len(got) == 1, got
 
 
 def test_numpy_gives_no_huge_page_advice_unless_asked():
@@ -208,3 +230,23 @@ def test_numpy_gives_no_huge_page_advice_unless_asked():
     asked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**env, "NUMPY_MADVISE_HUGEPAGE": "1"})
     assert asked.stdout.strip() == "True"
+
+
+def test_zero_clears_every_element(threads):
+    flat = rng.standard_normal(100_003).astype(np.float32)
+    fast_numpy.zero(flat)
+    assert not flat.any() and not np.signbit(flat).any()
+
+
+def test_gelu_blocks_do_not_change_the_bits(threads, monkeypatch):
+    x = (3 * rng.standard_normal((5, 11, 24))).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    for block in (1, 50, 1 << 15):                # a row a block, a few rows, all of them
+        monkeypatch.setattr(fast_numpy, "GELU_BLOCK", block)
+        out, dx = np.full_like(x, np.nan), np.ones_like(x)
+        fast_numpy.gelu_forward(out, x)
+        fast_numpy.gelu_backward(dx, dout, x)
+        results.append((out, dx))
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other))

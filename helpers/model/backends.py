@@ -76,6 +76,9 @@ class NumpyOps:
     def norm_squared(self, flat):
         return fast_numpy.norm_squared(flat)
 
+    def zero(self, flat):
+        fast_numpy.zero(flat)
+
     def kv_cache_forward(self, out, k_cache, v_cache, qkv, pos):
         out[...] = kv_cache_ops.kv_cache_forward(k_cache, v_cache, qkv, pos).reshape(out.shape)
 
@@ -224,6 +227,9 @@ class CudaOps:
 
     def norm_squared(self, flat):
         return global_norm_ops.squared_norm(flat, version=self.v["norm"])
+
+    def zero(self, flat):
+        flat[...] = 0
 
     def kv_cache_forward(self, out, k_cache, v_cache, qkv, pos):
         kv_cache_ops.forward(out, k_cache, v_cache, qkv, pos, version=self.v["kv_cache"])

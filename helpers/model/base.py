@@ -270,7 +270,7 @@ class LanguageModel:
         if self.grads is None:
             self.grads = FlatBuffer(self.parameter_shapes(), self.xp, min_numel=self.buffer_numel)
         else:
-            self.grads.memory[...] = 0
+            self.ops.zero(self.grads.memory)
 
     def _start_backward(self):
         """The gradient buffers of a backward pass: parameters' (accumulating) and activations' (zeroed)."""
@@ -280,7 +280,7 @@ class LanguageModel:
             self.zero_grad()
         if self.grad_acts is None:
             self.grad_acts = FlatBuffer(self.activation_gradient_shapes(self.acts.shapes), self.xp, dtype=self.storage)
-        self.grad_acts.memory[...] = 0
+        self.ops.zero(self.grad_acts.memory)
         return self.grads, self.grad_acts
 
     def grad_norm(self) -> float:

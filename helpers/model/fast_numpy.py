@@ -8,7 +8,7 @@ its time and memory.
 
 One thread plan: THREADS threads of our own share out the elementwise ops and the matrix products
 alike, each product block a single-threaded BLAS call (_over_the_cores), so the BLAS's threads never
-compete with ours for the cores. The memory-bound ops (AdamW, the classifier, the norm) go block by
+compete with ours for the cores. The memory-bound ops (AdamW, GELU, the classifier, the norm) go block by
 block through the cache.
 """
 from __future__ import annotations
@@ -71,6 +71,12 @@ def scratch(name: str, n: int) -> np.ndarray:
     if buf is None or buf.size < n:
         buf = _scratch_buffers[name] = np.empty(n, np.float32)
     return buf[:n]
+
+
+def zero(flat):
+    """flat[...] = 0 over the cores: the gradients of GPT-2 124M are 475 MiB to clear every step, which
+    one core's memset does at about half the rate two do."""
+    in_row_chunks(lambda lo, hi: flat[lo:hi].fill(0), flat.shape[0], flat.size)
 
 
 def add_into(dst, src):
@@ -239,13 +245,32 @@ def _tanh(u, out):
     return out
 
 
+#: elements of a block of GELU's passes (forward and backward): the block's half-dozen rows of scratch stay
+#: in the core's cache, and no temporary the size of the activation is made (a fresh one costs a page
+#: fault per 4 KiB)
+GELU_BLOCK = 1 << 15
+
+
+def _in_cached_blocks(fn, n_rows: int, n_cols: int, scratch_rows: int):
+    """fn(lo, hi, scratch) over [0, n_rows) in blocks of about GELU_BLOCK elements, shared out over
+    the cores; scratch is (scratch_rows, rows of the block, n_cols) float32, one per core's share."""
+    rows_per_block = max(1, GELU_BLOCK // max(1, n_cols))
+
+    def share(lo, hi):
+        scratch = np.empty((scratch_rows, min(rows_per_block, hi - lo), n_cols), np.float32)
+        for a in range(lo, hi, rows_per_block):
+            b = min(hi, a + rows_per_block)
+            fn(a, b, scratch[:, :b - a])
+    in_row_chunks(share, n_rows, n_rows * n_cols)
+
+
 def gelu_forward(out, x):
-    """GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), into out."""
+    """GPT-2's GELU, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), into out, block by block."""
     xf, of = x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])
 
-    def rows(lo, hi):
-        a, o = xf[lo:hi], of[lo:hi]
-        u = a * a
+    def rows(lo, hi, scratch):
+        a, o, u = xf[lo:hi], of[lo:hi], scratch[0]
+        np.multiply(a, a, out=u)
         u *= np.float32(0.044715)
         u += 1
         u *= a
@@ -254,26 +279,29 @@ def gelu_forward(out, x):
         o += 1
         o *= a
         o *= np.float32(0.5)
-    in_row_chunks(rows, xf.shape[0], xf.size)
+    _in_cached_blocks(rows, xf.shape[0], xf.shape[1], 1)
 
 
 def gelu_backward(dx, dout, x):
-    """dx += dout * gelu'(x), gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    """dx += dout * gelu'(x), gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2),
+    block by block."""
     xf, df, gf = x.reshape(-1, x.shape[-1]), dout.reshape(-1, dout.shape[-1]), dx.reshape(-1, dx.shape[-1])
 
-    def rows(lo, hi):
+    def rows(lo, hi, scratch):
         a = xf[lo:hi]
-        a2 = a * a
-        u = a2 * np.float32(0.044715)
-        u += 1
-        u *= a
-        u *= GELU_SCALE
-        th = _tanh(u, u)                 # tanh u, in u's memory
+        a2, th, sech2 = scratch
+        np.multiply(a, a, out=a2)
+        np.multiply(a2, np.float32(0.044715), out=th)
+        th += 1
+        th *= a
+        th *= GELU_SCALE
+        _tanh(th, th)                    # tanh u
         du = a2                          # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2), in a2's memory
         du *= np.float32(3 * 0.044715)
         du += 1
         du *= GELU_SCALE
-        sech2 = 1 - th * th
+        np.multiply(th, th, out=sech2)
+        np.subtract(1, sech2, out=sech2)
         sech2 *= a
         sech2 *= du
         sech2 *= np.float32(0.5)         # 0.5 x sech^2(u) du/dx
@@ -282,7 +310,7 @@ def gelu_backward(dx, dout, x):
         th += sech2
         th *= df[lo:hi]
         gf[lo:hi] += th
-    in_row_chunks(rows, xf.shape[0], xf.size)
+    _in_cached_blocks(rows, xf.shape[0], xf.shape[1], 3)
 
 
 #: rows of the classifier done together: 4 rows of GPT-2's 50304 columns are 0.8 MiB, so the five passes
@@ -315,66 +343,74 @@ def classifier(losses, dlogits, logits, targets, V, dloss):
     in_row_chunks(rows, lf.shape[0], lf.size)
 
 
-#: elements of a block of AdamW: its arrays' blocks stay in cache through the update's dozen passes. The
-#: fastest of 2^14 .. 2^18 on the 2-core test machine (smaller blocks pay NumPy's per-call cost more often,
-#: larger ones fall out of cache): 239 ms at 124M parameters against 281 for 2^16 and 602 for 2^14
+#: elements of a block of AdamW: its arrays' blocks stay in cache through the update's passes. The fastest
+#: of 2^14 .. 2^18 on the 2-core test machine (smaller blocks pay NumPy's per-call cost more often, larger
+#: ones fall out of cache): 239 ms at 124M parameters against 281 for 2^16 and 602 for 2^14
 ADAMW_BLOCK = 1 << 17
 
 
 def adamw(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, grad_scale):
-    """AdamW in place (the reference's math), chunked over the cores and, within a chunk, done block by block
-    in two small scratch rows (every element goes through the same operations in the same order whatever
-    the blocks: the same bits; no temporary the size of a tensor, no page faults)."""
+    """AdamW in place: the reference's update, rearranged into 13 passes over a block (14 with a gradient scale) instead of 17, chunked
+    over the cores and, within a chunk, block by block in one scratch row (no temporary the size of a
+    tensor, no page faults; every element goes through the same operations whatever the blocks, so the
+    same bits). The rearrangement, exact in real numbers:
+        m += (1 - beta1) (g - m)                     (= beta1 m + (1 - beta1) g)
+        v += (1 - beta2) (g^2 - v)
+        p  = p (1 - lr wd) - step * m / (sqrt(v) + eps sqrt(c2)),   step = lr sqrt(c2) / c1
+    the last because m_hat / (sqrt(v_hat) + eps) = (sqrt(c2) / c1) m / (sqrt(v) + eps sqrt(c2)). Each line
+    rounds a few times in float32 where the reference rounds a few others: tests/test_fast_numpy.py holds
+    both to the float64 update within a bound of the same order."""
     c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
+    step = np.float32(lr * math.sqrt(c2) / c1)
+    eps_v = np.float32(eps * math.sqrt(c2))
+    keep = np.float32(1 - lr * weight_decay)
+    a1, a2, scale = np.float32(1 - beta1), np.float32(1 - beta2), np.float32(grad_scale)
     n = param.size
 
     def chunk(lo, hi):
         scratch = np.empty((2, min(ADAMW_BLOCK, hi - lo)), np.float32)
         for a in range(lo, hi, ADAMW_BLOCK):
             b = min(hi, a + ADAMW_BLOCK)
-            p, gr, mm, vv = param[a:b], grad[a:b], m[a:b], v[a:b]
-            g, h = scratch[0, :b - a], scratch[1, :b - a]
-            np.multiply(gr, np.float32(grad_scale), out=g)
-            mm *= np.float32(beta1)
-            np.multiply(g, np.float32(1 - beta1), out=h)
-            mm += h
-            g *= g
-            vv *= np.float32(beta2)
-            np.multiply(g, np.float32(1 - beta2), out=h)
-            vv += h
-            np.divide(vv, np.float32(c2), out=g)
-            np.sqrt(g, out=g)
-            g += np.float32(eps)                          # sqrt(v_hat) + eps
-            np.divide(mm, g, out=g)
-            g *= np.float32(1 / c1)                       # m_hat / (sqrt(v_hat) + eps)
+            p, g, mm, vv = param[a:b], grad[a:b], m[a:b], v[a:b]
+            h = scratch[1, :b - a]
+            if grad_scale != 1:                     # (a multiplication by 1 changes nothing: skipped)
+                g = np.multiply(g, scale, out=scratch[0, :b - a])
+            np.subtract(g, mm, out=h)
+            h *= a1
+            mm += h                                 # m
+            np.multiply(g, g, out=h)
+            h -= vv
+            h *= a2
+            vv += h                                 # v
+            np.sqrt(vv, out=h)
+            h += eps_v
+            np.divide(mm, h, out=h)
+            h *= step
             if weight_decay:
-                np.multiply(p, np.float32(weight_decay), out=h)
-                g += h
-            g *= np.float32(lr)
-            p -= g
+                p *= keep
+            p -= h
     in_row_chunks(chunk, n, n)
 
 
-#: elements of a block of norm_squared (its float64 squares, 512 KiB, stay in cache)
+#: elements of a block of norm_squared
 NORM_BLOCK = 1 << 16
 
 
 def norm_squared(flat) -> float:
-    """sum(flat^2): each block's squares made exactly in float64 and summed pairwise, the blocks' sums added
-    with math.fsum (correctly rounded, so the result does not depend on how the blocks are shared among the
-    cores), over the cores, with no float64 copy of the whole buffer."""
+    """sum(flat^2): each block's dot product with itself in float32 by the BLAS (one pass, single-threaded
+    so its order is fixed), the blocks' sums added in float64 with math.fsum (correctly rounded: the result
+    does not depend on how the blocks are shared among the cores), over the cores. All terms are positive,
+    so a block's relative error is at most its length times float32's unit roundoff, whatever order the
+    BLAS adds in: a clipping coefficient needs far less (tests/test_fast_numpy.py checks the bound)."""
     n = flat.size
     parts = np.zeros(-(-n // NORM_BLOCK))
 
     def blocks(lo, hi):
-        squares = np.empty(min(NORM_BLOCK, n), np.float64)
         for i in range(lo, hi):
             block = flat[i * NORM_BLOCK:(i + 1) * NORM_BLOCK]
-            sq = squares[:block.size]
-            sq[...] = block
-            sq *= sq                      # exact: a 24-bit by 24-bit product fits in float64's 53 bits
-            parts[i] = sq.sum()
-    in_row_chunks(blocks, parts.size, n)
+            parts[i] = np.dot(block, block)
+    with _blas_on_one_thread():
+        in_row_chunks(blocks, parts.size, n)
     return math.fsum(parts)
 
 
