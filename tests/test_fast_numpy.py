@@ -250,3 +250,22 @@ def test_gelu_blocks_do_not_change_the_bits(threads, monkeypatch):
         results.append((out, dx))
     for other in results[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
+
+
+@pytest.mark.parametrize("n_threads,launches", [(2, [2]), (4, [4]), (3, [3, 3])])
+def test_matmul_backward_runs_its_two_products_side_by_side(monkeypatch, n_threads, launches):
+    """dx and dweight at once, the threads shared equally (one block each on 2 threads); with threads
+    that do not share out evenly, one product after the other, each over all the threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    monkeypatch.setattr(fast_numpy, "THREADS", n_threads)
+    monkeypatch.setattr(fast_numpy, "_pool", ThreadPoolExecutor(n_threads))
+    monkeypatch.setattr(fast_numpy, "MIN_SPLIT", 1)
+    seen, run = [], fast_numpy._on_the_cores
+    monkeypatch.setattr(fast_numpy, "_on_the_cores", lambda calls: (seen.append(len(calls)), run(calls)))
+    x, w = rng.standard_normal((2, 9, 16)).astype(np.float32), rng.standard_normal((24, 16)).astype(np.float32)
+    dout = rng.standard_normal((2, 9, 24)).astype(np.float32)
+    dx, dw, db = np.zeros_like(x), np.zeros_like(w), np.zeros(24, np.float32)
+    fast_numpy.matmul_backward(dx, dw, db, dout, x, w)
+    assert seen == launches
+    bound = 2 * matmul_ops.rounding_bound(np.abs(dout.reshape(18, 24)) @ np.abs(w), 24)
+    assert np.abs(dx.reshape(18, 16) - dout.reshape(18, 24) @ w).max() <= bound

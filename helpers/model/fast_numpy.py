@@ -112,27 +112,60 @@ def _blas_on_one_thread():
             lib.set_num_threads(n)
 
 
-def _over_the_cores(one, c, a, b):
-    """one(c, a, b), a product c = a @ b (or c += a @ b), over the cores by our threads: each takes a block of
-    c's rows (or of its columns, whichever dimension is longer) with a single-threaded BLAS call. One thread
-    plan for the whole step: the BLAS's own threads, left on, keep spinning for a while after each product
-    and take the cores from the elementwise ops that follow (the classifier ran at half speed after its
-    matmul)."""
-    M, K = a.shape
-    N = b.shape[1]
-    if _pool is None or not _BLAS or M * K * N < MIN_SPLIT:
-        one(c, a, b)
-        return
+def _blocks(one, c, a, b, parts: int, bias=None):
+    """The calls one(c, a, b, bias) that make the product c = a @ b (or c += a @ b) in `parts` blocks of c's
+    rows or of its columns, whichever dimension is longer (bias, a row added to c, is cut with the columns)."""
+    M, N = c.shape
+    long = M if M >= N else N
+    bounds = np.linspace(0, long, min(parts, long) + 1).astype(int)
+    if M >= N:
+        return [lambda lo=lo, hi=hi: one(c[lo:hi], a[lo:hi], b, bias) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [lambda lo=lo, hi=hi: one(c[:, lo:hi], a, b[:, lo:hi], None if bias is None else bias[lo:hi])
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _on_the_cores(calls):
+    """Run the calls on our threads at once, the BLAS single-threaded inside each."""
     with _blas_on_one_thread():
-        if M >= N:
-            in_row_chunks(lambda lo, hi: one(c[lo:hi], a[lo:hi], b), M, M * N)
-        else:
-            in_row_chunks(lambda lo, hi: one(c[:, lo:hi], a, b[:, lo:hi]), N, M * N)
+        for f in [_pool.submit(call) for call in calls]:
+            f.result()
 
 
-def product(out, a, b):
-    """out = a @ b (2-D), over the cores (_over_the_cores)."""
-    _over_the_cores(lambda c, a, b: np.matmul(a, b, out=c), out, a, b)
+def _split(c, a, b) -> bool:
+    return _pool is not None and bool(_BLAS) and a.shape[0] * a.shape[1] * b.shape[1] >= MIN_SPLIT
+
+
+def _over_the_cores(one, c, a, b, bias=None):
+    """one(c, a, b, bias), a product c = a @ b (or c += a @ b), over the cores by our threads: each takes a
+    block of c's rows (or of its columns, whichever dimension is longer) with a single-threaded BLAS call.
+    One thread plan for the whole step: the BLAS's own threads, left on, keep spinning for a while after
+    each product and take the cores from the elementwise ops that follow (the classifier ran at half speed
+    after its matmul)."""
+    if not _split(c, a, b):
+        one(c, a, b, bias)
+        return
+    _on_the_cores(_blocks(one, c, a, b, THREADS, bias))
+
+
+def _side_by_side(one, products):
+    """Several independent products one(c, a, b) at once, the threads shared equally among them: the matmul
+    backward's two (dx and dweight, the same number of multiply-adds) each on its own core of a 2-core
+    machine, whole, instead of each cut in two (a whole product packs its operands once and runs a little
+    faster). With threads that do not share out evenly, one product after the other."""
+    if _pool is None or THREADS % len(products) or not all(_split(*p) for p in products):
+        for c, a, b in products:
+            _over_the_cores(one, c, a, b)
+        return
+    _on_the_cores([call for c, a, b in products for call in _blocks(one, c, a, b, THREADS // len(products))])
+
+
+def product(out, a, b, bias=None):
+    """out = a @ b (+ bias, a row, added to each block while it is in the cache), 2-D, over the cores."""
+    def one(c, a, b, bias):
+        np.matmul(a, b, out=c)
+        if bias is not None:
+            c += bias
+    _over_the_cores(one, out, a, b, bias)
 
 
 def _find_sgemm():
@@ -170,36 +203,42 @@ def _blas_layout(a):
     return None
 
 
+def _accumulate_one(c, a, b, bias=None):
+    """c += a @ b by one cblas_sgemm call with beta = 1 (a or b copied first if its strides fit no BLAS
+    layout)."""
+    la, lb = _blas_layout(a), _blas_layout(b)
+    if la is None:
+        a = np.ascontiguousarray(a)
+        la = (_NO_TRANS, a.shape[1])
+    if lb is None:
+        b = np.ascontiguousarray(b)
+        lb = (_NO_TRANS, b.shape[1])
+    M, K = a.shape
+    N = b.shape[1]
+    if M and N:
+        _SGEMM(_ROW_MAJOR, la[0], lb[0], M, N, K, 1.0, a.ctypes.data, la[1], b.ctypes.data, lb[1], 1.0,
+               c.ctypes.data, c.strides[0] // 4)
+
+
+def _check_accumulate(c, a, b):
+    if c.strides[1] != 4 or c.dtype != np.float32 or a.dtype != np.float32 or b.dtype != np.float32:
+        raise ValueError("gemm_accumulate takes float32 arrays and a c whose rows are contiguous")
+
+
 def gemm_accumulate(c, a, b):
     """c += a @ b in place (float32, 2-D; a and b may be transposed views), by cblas_sgemm with beta = 1:
     no temporary, no second pass over c. Over the cores (_over_the_cores)."""
-    def one(c, a, b):
-        la, lb = _blas_layout(a), _blas_layout(b)
-        if la is None:
-            a = np.ascontiguousarray(a)
-            la = (_NO_TRANS, a.shape[1])
-        if lb is None:
-            b = np.ascontiguousarray(b)
-            lb = (_NO_TRANS, b.shape[1])
-        M, K = a.shape
-        N = b.shape[1]
-        if M and N:
-            _SGEMM(_ROW_MAJOR, la[0], lb[0], M, N, K, 1.0, a.ctypes.data, la[1], b.ctypes.data, lb[1], 1.0,
-                   c.ctypes.data, c.strides[0] // 4)
-    if c.strides[1] != 4 or c.dtype != np.float32 or a.dtype != np.float32 or b.dtype != np.float32:
-        raise ValueError("gemm_accumulate takes float32 arrays and a c whose rows are contiguous")
-    _over_the_cores(one, c, a, b)
+    _check_accumulate(c, a, b)
+    _over_the_cores(_accumulate_one, c, a, b)
 
 
 def matmul_forward(out, x, weight, bias):
     """out = x @ weight^T + bias, written into out: one product of all the rows (N, C) @ (C, OC), over the
-    cores (product()). NumPy would make one product per leading index of a 3-D x: at B=4, T=64, C=768,
-    four 64-row products run at half the speed of one of 256 rows."""
+    cores (product(), which adds the bias to each block while it is in the cache). NumPy would make one
+    product per leading index of a 3-D x: at B=4, T=64, C=768, four 64-row products run at half the speed
+    of one of 256 rows."""
     OC, C = weight.shape
-    out2 = out.reshape(-1, OC)
-    product(out2, x.reshape(-1, C), weight.T)
-    if bias is not None:
-        out2 += bias
+    product(out.reshape(-1, OC), x.reshape(-1, C), weight.T, bias)
 
 
 #: rows of dweight per product in matmul_backward: the classifier's (50304, 768) gradient is added in
@@ -217,9 +256,11 @@ def matmul_backward(dx, dweight, dbias, dout, x, weight):
     N = d2.shape[0]
     if dbias is not None:
         dbias += d2.sum(axis=0)
-    if _SGEMM is not None:   # the BLAS accumulates into dx and dweight itself
-        gemm_accumulate(dx.reshape(N, C), d2, weight)
-        gemm_accumulate(dweight, d2.T, x2)
+    if _SGEMM is not None:   # the BLAS accumulates into dx and dweight itself, the two side by side
+        products = [(dx.reshape(N, C), d2, weight), (dweight, d2.T, x2)]
+        for p in products:
+            _check_accumulate(*p)
+        _side_by_side(_accumulate_one, products)
         return
     partial = scratch("matmul dx", N * C).reshape(N, C)
     product(partial, d2, weight)
